@@ -1,0 +1,248 @@
+"""The bundle contract: a folder with manifest.json, tokenizer.json and ONNX towers per precision.
+
+The manifest is a tree of frozen dataclasses validated on load: unknown keys are ignored, a missing
+key is an error that names it. Every file the runtime reads is checked against its sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PRECISIONS = ("fp32", "int8", "fp16")
+TOWERS = ("vision", "text")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, malformed, or not matching its manifest."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    file: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    kind: str  # "hub" | "local"
+    revision: str | None = None
+    weights: tuple[FileEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Architecture:
+    embed_dim: int
+    image_size: int
+    patch_size: int
+    context_length: int
+    vocab_size: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What CLIPImageProcessor does with this checkpoint's preprocessor_config.json."""
+
+    resize_shortest_edge: int
+    resample: str  # "bicubic" | "bilinear" | "nearest" | "lanczos" | "box" | "hamming"
+    crop_size: tuple[int, int]  # (height, width)
+    do_center_crop: bool
+    rescale_factor: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    sha256: str
+    context_length: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+
+@dataclass(frozen=True)
+class TowerIO:
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision: its two tower files, how it was made, and the parity figures measured at export."""
+
+    vision: FileEntry
+    text: FileEntry
+    recipe: dict[str, Any] = field(default_factory=dict)
+    fusions: dict[str, Any] = field(default_factory=dict)
+    validated_on: tuple[str, ...] = ()
+    parity: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    name: str
+    source: Source
+    architecture: Architecture
+    preprocess: Preprocess
+    tokenizer: TokenizerSpec
+    logit_scale: float
+    embeddings_normalized: bool
+    towers: dict[str, TowerIO]
+    precisions: dict[str, Variant]
+    tools: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        manifest = _build(cls, data, "")
+        if manifest.format_version != FORMAT_VERSION:
+            raise BundleError(
+                f"manifest.json: format_version {manifest.format_version} is not supported "
+                f"(this clipedge reads version {FORMAT_VERSION})"
+            )
+        for name in manifest.precisions:
+            if name not in PRECISIONS:
+                raise BundleError(f"manifest.json: unknown precision {name!r} (known: {', '.join(PRECISIONS)})")
+        return manifest
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Build `tp` from JSON data; unknown keys are ignored, missing ones name their path."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BundleError(f"manifest.json: {where or 'top level'} must be an object")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            path = f"{where}.{f.name}" if where else f.name
+            if f.name in value:
+                kwargs[f.name] = _build(hints[f.name], value[f.name], path)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise BundleError(f"manifest.json: missing key {path!r}")
+        return tp(**kwargs)
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise BundleError(f"manifest.json: {where} must be an object")
+        return {k: _build(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise BundleError(f"manifest.json: {where} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise BundleError(f"manifest.json: {where} must have {len(args)} items")
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(inner[0], value, where)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise BundleError(f"manifest.json: {where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(folder: Path, name: str) -> FileEntry:
+    path = folder / name
+    return FileEntry(file=name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: its folder, manifest and the manifest's own sha256 (the bundle's identity)."""
+
+    path: Path
+    manifest: Manifest
+    bundle_hash: str
+
+    def variant(self, precision: str) -> Variant:
+        if precision not in self.manifest.precisions:
+            have = ", ".join(self.manifest.precisions) or "none"
+            raise BundleError(f"{self.path}: bundle has no {precision!r} precision (it has: {have})")
+        return self.manifest.precisions[precision]
+
+    def tower_path(self, precision: str, tower: str) -> Path:
+        return self.path / getattr(self.variant(precision), tower).file
+
+    def verify(self, precision: str | None = None) -> None:
+        """Check sha256 and size of the tokenizer and of one precision's towers (all precisions if None)."""
+        m = self.manifest
+        entries = [FileEntry(m.tokenizer.file, m.tokenizer.sha256, -1)]
+        for name in [precision] if precision else list(m.precisions):
+            v = self.variant(name)
+            entries += [v.vision, v.text]
+        for e in entries:
+            path = self.path / e.file
+            if not path.is_file():
+                raise BundleError(f"{self.path}: file {e.file!r} named in manifest.json is missing")
+            if e.bytes >= 0 and path.stat().st_size != e.bytes:
+                raise BundleError(
+                    f"{self.path}: {e.file} is {path.stat().st_size} bytes, manifest.json says {e.bytes}: "
+                    "the bundle is damaged or was changed after export"
+                )
+            if sha256_file(path) != e.sha256:
+                raise BundleError(
+                    f"{self.path}: {e.file} does not match its sha256 in manifest.json: "
+                    "the bundle is damaged or was changed after export"
+                )
+
+
+def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
+    """Read a bundle folder. `verify`: True checks every file, a precision name checks that one, False none."""
+    folder = Path(path)
+    mpath = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    if not mpath.is_file():
+        raise BundleError(f"{folder}: not a clipedge bundle (no {MANIFEST})")
+    raw = mpath.read_bytes()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+    bundle = Bundle(folder, Manifest.from_dict(data), hashlib.sha256(raw).hexdigest())
+    if verify:
+        bundle.verify(verify if isinstance(verify, str) else None)
+    return bundle
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,241 @@
+"""The `clipedge` command: thin layers over the library. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+EXIT_ERROR = 2
+EXIT_PARTIAL = 1
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"clipedge: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from clipedge_export.errors import ExportError
+        from clipedge_export.export import export_bundle
+    except ImportError as e:
+        return _fail(f"export needs the export extra ({e.name} is missing): pip install 'clipedge[export]'")
+    try:
+        manifest = export_bundle(
+            args.source,
+            args.output,
+            precisions=args.precisions,
+            opset=args.opset,
+            revision=args.revision,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+    except ExportError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing was written", 130)
+    sizes = ", ".join(f"{p} {(v.vision.bytes + v.text.bytes) / 1e6:.1f} MB" for p, v in manifest.precisions.items())
+    print(f"wrote {args.output} ({sizes})")
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a Hugging Face CLIP checkpoint to a bundle (needs clipedge[export])")
+    p.add_argument("source", help="hub id (e.g. openai/clip-vit-base-patch32) or local checkpoint folder")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to create (must not exist or be empty)")
+    p.add_argument("--precisions", default="fp32,int8,fp16", help="comma-separated: fp32,int8,fp16")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.set_defaults(func=cmd_export)
+
+
+def _read_labels_file(path: str) -> list[str]:
+    """One label per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read labels file ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: labels file is not UTF-8 text") from None
+    labels = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not labels:
+        raise ValueError(f"{path}: no labels in the file")
+    return labels
+
+
+def _templates_arg(args: argparse.Namespace):
+    return args.template if args.template else args.templates
+
+
+def _load_classifier(args: argparse.Namespace):
+    from .classifier import ZeroShotClassifier
+    from .fetch import FetchPolicy
+    from .images import DecodePolicy
+
+    policy = DecodePolicy(fetch=FetchPolicy(allow_private=getattr(args, "allow_private_urls", False)))
+    return ZeroShotClassifier.load(
+        args.model,
+        precision=args.precision,
+        provider=args.provider,
+        threads=args.threads,
+        strict=not args.provider_fallback,
+        decode_policy=policy,
+    )
+
+
+def _format_table(names: list[str], results: list[dict], top_k: int) -> str:
+    lines = []
+    for name, res in zip(names, results, strict=True):
+        lines.append(name)
+        if res.get("error"):
+            lines.append(f"  error: {res['error']}")
+            continue
+        pairs = sorted(zip(res["labels"], res["probs"], strict=True), key=lambda lp: -lp[1])[:top_k]
+        width = max(len(label) for label, _ in pairs)
+        for label, p in pairs:
+            lines.append(f"  {label:<{width}}  {p:6.3f}  {'█' * round(p * 30)}")
+    return "\n".join(lines)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from .bundle import BundleError
+    from .classifier import format_result, load_images
+    from .images import ImageError, describe
+    from .labels import LabelFileError
+    from .providers import ProviderError
+    from .templates import parse_labels
+
+    try:
+        clf = _load_classifier(args)
+        if args.label_embeddings:
+            label_emb = clf.load_labels(args.label_embeddings)
+        else:
+            labels = _read_labels_file(args.labels_file) if args.labels_file else parse_labels(args.labels or "")
+            if not labels:
+                return _fail("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+            label_emb = clf.label_embeddings(labels, _templates_arg(args))
+    except (BundleError, ProviderError, LabelFileError, ValueError) as e:
+        return _fail(str(e))
+    decoded = load_images(args.images, clf.decode_policy)
+    names = [describe(src) for src in args.images]
+    failed = 0
+    results: list[dict] = [{}] * len(decoded)
+    good = [i for i, im in enumerate(decoded) if not isinstance(im, ImageError)]
+    for i, im in enumerate(decoded):
+        if isinstance(im, ImageError):
+            failed += 1
+            print(f"clipedge: {im}", file=sys.stderr)
+            results[i] = {"labels": list(label_emb.labels), "probs": None, "error": str(im)}
+    scored = clf.classify([decoded[i] for i in good], label_emb, errors="return")
+    for i, res in zip(good, scored, strict=True):
+        if res.get("error"):
+            failed += 1
+            print(f"clipedge: {names[i]}: {res['error']}", file=sys.stderr)
+        results[i] = res
+    top_k = args.top_k or min(5, len(label_emb.labels))
+    if args.json:
+        out = []
+        for name, res in zip(names, results, strict=True):
+            row = format_result(res["labels"], res["probs"], args.top_k) if res.get("probs") else dict(res)
+            out.append({"image": name, **row})
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(_format_table(names, results, top_k))
+    if args.plot:
+        ok = [i for i in good if results[i].get("probs")]
+        if ok:
+            from .plot import plot_results
+
+            try:
+                plot_results([decoded[i] for i in ok], [names[i] for i in ok], [results[i] for i in ok], args.plot)
+            except (RuntimeError, OSError) as e:
+                return _fail(str(e))
+            print(f"wrote {args.plot}", file=sys.stderr)
+    return EXIT_PARTIAL if failed else 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default="models/demo", help="bundle folder (default: models/demo)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "fp16"],
+                   help="auto: int8 on CPU, fp16 on CUDA, when the bundle has them")  # fmt: skip
+    p.add_argument("--provider", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
+    p.add_argument("--provider-fallback", action="store_true",
+                   help="warn instead of failing when the requested provider is not in effect")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+
+
+def _add_template_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--template", default=None, help='one prompt template, e.g. "a photo of a {}."')
+    g.add_argument("--templates", default=None, help="a named template set: none, openai-imagenet")
+
+
+def add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="zero-shot classify images (paths, URLs or base64)")
+    p.add_argument("images", nargs="+", help="image files, http(s) URLs or base64 strings")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
+    g.add_argument("--labels-file", help="text file, one label per line")
+    g.add_argument("--label-embeddings", help=".npz written by `clipedge labels build`")
+    _add_template_args(p)
+    _add_model_args(p)
+    p.add_argument("--top-k", type=int, default=None, help="labels to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", default=None, help="write a PNG: each image beside its label probabilities")
+    p.add_argument("--allow-private-urls", action="store_true", help="fetch URLs on private/loopback addresses")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_labels_build(args: argparse.Namespace) -> int:
+    import time
+
+    from .bundle import BundleError
+    from .providers import ProviderError
+
+    try:
+        labels = _read_labels_file(args.labels_file)
+        clf = _load_classifier(args)
+        t0 = time.perf_counter()
+        emb = clf.label_embeddings(labels, _templates_arg(args))
+        emb.save(args.output)
+    except (BundleError, ProviderError, ValueError, OSError) as e:
+        return _fail(str(e))
+    print(
+        f"wrote {args.output}: {len(labels)} labels x {len(emb.templates)} templates "
+        f"({clf.precision}) in {time.perf_counter() - t0:.2f} s"
+    )
+    return 0
+
+
+def add_labels(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("labels", help="label embeddings")
+    lsub = p.add_subparsers(dest="labels_command", required=True)
+    b = lsub.add_parser("build", help="precompute label embeddings into an .npz tied to the bundle")
+    b.add_argument("labels_file", help="text file, one label per line")
+    b.add_argument("-o", "--output", required=True, help="output .npz")
+    _add_template_args(b)
+    _add_model_args(b)
+    b.set_defaults(func=cmd_labels_build)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_classify, add_labels, add_export]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipedge", description="CLIP zero-shot classification on ONNX Runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

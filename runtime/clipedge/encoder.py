@@ -1,0 +1,66 @@
+"""The two ONNX towers of one bundle precision, as sessions that return L2-normalised float32 embeddings.
+
+The text session is created on first use: a process whose labels come from the cache or a label file
+never loads the text tower (less memory, faster start).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .bundle import Bundle
+from .providers import ProviderSpec, create_session
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, np.float32(1e-12))
+
+
+class ClipEncoder:
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str,
+        provider: ProviderSpec = "auto",
+        threads: int | None = None,
+        strict: bool = True,
+    ):
+        bundle.variant(precision)  # clear error for a precision the bundle lacks
+        self.bundle, self.precision = bundle, precision
+        self._provider, self._threads, self._strict = provider, threads, strict
+        towers = bundle.manifest.towers
+        self._vision_io, self._text_io = towers["vision"], towers["text"]
+        self._vision = create_session(bundle.tower_path(precision, "vision"), provider, threads, strict)
+        self._text = None
+        self._text_lock = threading.Lock()
+
+    @property
+    def providers(self) -> list[str]:
+        return self._vision.get_providers()
+
+    def _text_session(self):
+        with self._text_lock:
+            if self._text is None:
+                path = self.bundle.tower_path(self.precision, "text")
+                self._text = create_session(path, self._provider, self._threads, self._strict)
+        return self._text
+
+    def embed_pixels(self, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """pixel_values float32 [N,3,H,W] -> unit image embeddings float32 [N,D]."""
+        dim = self.bundle.manifest.architecture.embed_dim
+        if len(pixel_values) == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        outs = [
+            self._vision.run(None, {self._vision_io.input: pixel_values[i : i + batch_size]})[0]
+            for i in range(0, len(pixel_values), batch_size)
+        ]
+        return l2_normalise(np.concatenate(outs))
+
+    def embed_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids int64 [N,L] -> unit text embeddings float32 [N,D]."""
+        out = self._text_session().run(None, {self._text_io.input: input_ids.astype(np.int64, copy=False)})[0]
+        return l2_normalise(out)

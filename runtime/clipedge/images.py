@@ -1,0 +1,195 @@
+"""Decoding untrusted images: a format allowlist, a pixel cap checked before decoding, first frame only,
+EXIF orientation applied, and every mode (CMYK, 16-bit, palette, grey, alpha) turned into 8-bit RGB.
+
+Sources: a path, bytes, a PIL image, a numpy array, base64 (with or without a data: prefix, newlines
+allowed as Azure's samples send), or an http(s) URL fetched under the rules of `clipedge.fetch`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .fetch import FetchError, FetchPolicy, fetch_url
+
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any camera's JPEG, far below a decompression bomb
+B64_CHARS = re.compile(r"^[A-Za-z0-9+/=_-]+$")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+ImageInput = str | bytes | bytearray | memoryview | Path | Image.Image | np.ndarray
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names the input and the problem."""
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    draft: int | None = None  # JPEG: let libjpeg decode at 1/2, 1/4, 1/8 scale down to >= this shortest edge
+
+
+def describe(source: Any) -> str:
+    """A short, log-safe name for an input: never the whole base64 string."""
+    if isinstance(source, Path):
+        return str(source)
+    if isinstance(source, str):
+        if source.startswith(("http://", "https://")):
+            return source.split("?", 1)[0][:200]
+        if source.startswith("data:") or len(source) > 200:
+            return f"<base64 string, {len(source)} chars>"
+        return source
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.mode} {source.width}x{source.height}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.dtype} {source.shape}>"
+    return f"<{type(source).__name__}>"
+
+
+def decode_base64(text: str) -> bytes:
+    """Base64 with or without `data:image/...;base64,`, newlines and spaces ignored, url-safe alphabet allowed."""
+    s = text.strip()
+    if s.startswith("data:"):
+        head, _, s = s.partition(",")
+        if ";base64" not in head:
+            raise ImageError("data: URL is not base64-encoded")
+    s = "".join(s.split())
+    if not s or not B64_CHARS.match(s):
+        raise ImageError("not a valid base64 string")
+    s = s.replace("-", "+").replace("_", "/")
+    s += "=" * (-len(s) % 4)
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("not a valid base64 string") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode; transparency is composited on white (as transformers' convert_rgb)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(image).astype(np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(arr * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _open(data: io.BytesIO, policy: DecodePolicy, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(data, formats=list(policy.formats))
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image in an allowed format ({', '.join(policy.formats)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read image ({e})") from None
+    w, h = image.size
+    if w * h > policy.max_pixels:
+        raise ImageError(f"{name}: {w}x{h} image exceeds the pixel limit of {policy.max_pixels:,}")
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels")
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        if policy.draft and image.format == "JPEG":
+            image.draft("RGB", (policy.draft, policy.draft))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: image data is damaged or truncated ({e})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
+    return image
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"{name}: expected an HxW or HxWx3/4 array, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() <= 1:
+            array = (array * 255 + 0.5).astype(np.uint8)
+        else:
+            raise ImageError(f"{name}: expected uint8 values (or floats in [0, 1]), got {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.Image:
+    """Any supported input -> an 8-bit RGB PIL image; raises ImageError naming the input and the problem."""
+    policy = policy or DecodePolicy()
+    name = describe(source)
+    if isinstance(source, Image.Image):
+        if source.width * source.height > policy.max_pixels:
+            raise ImageError(f"{name}: image exceeds the pixel limit of {policy.max_pixels:,}")
+        return to_rgb(ImageOps.exif_transpose(source))
+    if isinstance(source, np.ndarray):
+        return to_rgb(_from_array(source, name))
+    if isinstance(source, bytes | bytearray | memoryview):
+        return to_rgb(_open(io.BytesIO(bytes(source)), policy, name))
+    if isinstance(source, Path):
+        return to_rgb(_open(_read(source, name), policy, name))
+    if not isinstance(source, str):
+        raise ImageError(f"{name}: unsupported image input type")
+    text = source.strip()
+    if text.startswith(("http://", "https://")):
+        try:
+            data = fetch_url(text, policy.fetch)
+        except FetchError as e:
+            raise ImageError(f"{name}: {e}") from None
+        return to_rgb(_open(io.BytesIO(data), policy, name))
+    if text.startswith("data:"):
+        return to_rgb(_open(io.BytesIO(_b64(text, name)), policy, name))
+    if len(text) < 1024 and "\n" not in text:
+        path = Path(text).expanduser()
+        if path.exists() or not B64_CHARS.match(text) or len(text) < 64:
+            return to_rgb(_open(_read(path, name), policy, name))
+    return to_rgb(_open(io.BytesIO(_b64(text, name)), policy, name))
+
+
+def _read(path: Path, name: str) -> io.BytesIO:
+    try:
+        return io.BytesIO(path.read_bytes())
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a folder, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from None
+
+
+def _b64(text: str, name: str) -> bytes:
+    try:
+        return decode_base64(text)
+    except ImageError as e:
+        raise ImageError(f"{name}: {e} (expected a file path, an http(s) URL or a base64 image)") from None

@@ -1,0 +1,130 @@
+"""Label embeddings: an artefact computed once per (bundle, precision, templates, label), cached, saved.
+
+One text pass per label-template pair, ever: texts are sorted by token length and run in batches padded to
+the longest text of the batch; each label's template embeddings are averaged and re-normalised. An LRU
+cache keeps single labels, so a new label set that shares labels with an old one only pays for the new ones.
+A saved .npz carries the bundle's hash and is refused by any other bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import l2_normalise
+
+FILE_FORMAT = 1
+
+
+class LabelFileError(ValueError):
+    """A label-embedding file that is malformed or made for another bundle."""
+
+
+@dataclass(frozen=True)
+class LabelEmbeddings:
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    embeddings: np.ndarray  # float32 [len(labels), D], unit rows
+    bundle_hash: str
+    precision: str
+
+    def save(self, path: str | Path) -> None:
+        meta = {
+            "format": FILE_FORMAT,
+            "bundle_hash": self.bundle_hash,
+            "precision": self.precision,
+            "labels": list(self.labels),
+            "templates": list(self.templates),
+        }
+        with open(path, "wb") as f:
+            np.savez(f, embeddings=self.embeddings.astype(np.float32), meta=np.array(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, path: str | Path, bundle_hash: str | None = None) -> LabelEmbeddings:
+        """Read a file written by `save`; refused when `bundle_hash` is given and differs."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                emb = np.asarray(data["embeddings"], dtype=np.float32)
+        except FileNotFoundError:
+            raise LabelFileError(f"{path}: no such label-embedding file") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise LabelFileError(f"{path}: not a clipedge label-embedding file ({e})") from None
+        if meta.get("format") != FILE_FORMAT:
+            raise LabelFileError(f"{path}: unsupported label-embedding file format {meta.get('format')!r}")
+        if bundle_hash is not None and meta.get("bundle_hash") != bundle_hash:
+            raise LabelFileError(
+                f"{path}: label embeddings were computed with another bundle "
+                f"({str(meta.get('bundle_hash'))[:12]}, this one is {bundle_hash[:12]}); rebuild them "
+                "with `clipedge labels build`"
+            )
+        if emb.ndim != 2 or len(emb) != len(meta["labels"]):
+            raise LabelFileError(f"{path}: embeddings do not match the label list")
+        return cls(tuple(meta["labels"]), tuple(meta["templates"]), emb, meta["bundle_hash"], meta["precision"])
+
+
+def templates_key(templates: Sequence[str]) -> str:
+    return hashlib.sha256("\x1f".join(templates).encode()).hexdigest()[:16]
+
+
+class LabelCache:
+    """LRU of single label embeddings keyed by (bundle hash, precision, template set, label)."""
+
+    def __init__(self, max_entries: int = 16384):
+        self.max_entries = max_entries
+        self._data: OrderedDict[tuple[str, str, str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, str, str, str]) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: tuple[str, str, str, str], value: np.ndarray) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def embed_label_texts(
+    labels: Sequence[str],
+    templates: Sequence[str],
+    encode: Callable[[list[str]], np.ndarray],
+    embed_ids: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Template-ensembled unit embeddings [len(labels), D]: every label x template text embedded once."""
+    texts = [t.format(label) for label in labels for t in templates]
+    ids = encode(texts)
+    lengths = (ids != ids[:, -1:]).sum(axis=1) if len(ids) else np.zeros(0, dtype=int)
+    order = np.argsort(lengths, kind="stable")
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = ids[rows]
+        longest = int(lengths[rows].max()) + 1  # keep one EOS after the longest text
+        emb = embed_ids(np.ascontiguousarray(batch[:, : min(longest, batch.shape[1])]))
+        if out is None:
+            out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+        out[rows] = emb
+    assert out is not None
+    per_label = out.reshape(len(labels), len(templates), -1).mean(axis=1)
+    return l2_normalise(per_label)

@@ -1,0 +1,59 @@
+"""Fixtures build their own models: tiny random CLIPs and the exact ViT-B/32 architecture with random
+weights, exported to temporary folders once per session. Nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    from clipedge_export.random_checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint):
+    from clipedge_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(str(tiny_checkpoint), out, log=_quiet)
+    return out
+
+
+@pytest.fixture(scope="session")
+def vitb32_checkpoint(tmp_path_factory):
+    from clipedge_export.random_checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "vit-b-32", "vit-b-32", seed=0)
+
+
+@pytest.fixture(scope="session")
+def vitb32_bundle(tmp_path_factory, vitb32_checkpoint):
+    from clipedge_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "vit-b-32"
+    export_bundle(str(vitb32_checkpoint), out, log=_quiet)
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photographs that ship with scikit-image."""
+    import skimage.data
+    from PIL import Image
+
+    return {
+        name: Image.fromarray(getattr(skimage.data, name)()) for name in ("astronaut", "coffee", "chelsea", "rocket")
+    }
