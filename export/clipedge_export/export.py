@@ -68,10 +68,17 @@ def prepare_output(out_dir: Path) -> Path:
 
 
 def tool_versions() -> dict[str, str]:
+    """Versions of what made the bundle (the imported modules, which is what ran)."""
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
     versions = {"python": platform.python_version()}
-    for dist in ("clipedge", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        versions["clipedge"] = metadata.version("clipedge")
+    for module in (torch, transformers, onnx, onnxruntime):
+        versions[module.__name__] = module.__version__
     return versions
 
 

@@ -221,7 +221,46 @@ def add_labels(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_labels_build)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_classify, add_labels, add_export]
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .bundle import BundleError
+    from .evaluate import evaluate, format_report
+    from .providers import ProviderError
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
+    try:
+        report = evaluate(
+            args.model,
+            args.dataset,
+            precisions=precisions,
+            templates=_templates_arg(args) or "a photo of a {}.",
+            provider=args.provider,
+            threads=args.threads,
+            limit_per_class=args.limit_per_class,
+        )
+    except (BundleError, ProviderError, ValueError) as e:
+        return _fail(str(e))
+    for _, error in report.failed:
+        print(f"clipedge: {error}", file=sys.stderr)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return EXIT_PARTIAL if report.failed else 0
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="zero-shot top-1 accuracy on an image-folder dataset, per precision")
+    p.add_argument("dataset", help="folder with one sub-folder of images per class (folder name = label)")
+    p.add_argument("-m", "--model", default="models/demo", help="bundle folder (default: models/demo)")
+    p.add_argument("--precisions", default=None, help="comma-separated (default: all the bundle has)")
+    p.add_argument("--provider", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--limit-per-class", type=int, default=None, help="use at most N images per class")
+    p.add_argument("--json", action="store_true")
+    _add_template_args(p)
+    p.set_defaults(func=cmd_eval)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_classify, add_labels, add_eval, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,220 @@
+"""Train the demo CLIP: a small transformers CLIPModel on generated captioned shapes (`clipedge_export.shapes`).
+
+It uses the real CLIP BPE tokenizer and 77-token context, saves a normal Hugging Face checkpoint folder
+(config.json, model.safetensors, tokenizer files, preprocessor_config.json), and that folder then goes
+through the same `clipedge export` as any checkpoint. Deterministic from the seed; about 12 minutes on
+2 CPU cores.
+
+    python -m clipedge_export.demo_model train .work/demo-ckpt
+    clipedge export .work/demo-ckpt -o models/demo --precisions fp32,int8
+
+The loss is CLIP's symmetric contrastive loss with every same-class pair in the batch counted as a
+positive (a batch of 256 over 30 classes holds ~8 images of each class; plain CLIP would push them apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .random_checkpoint import OPENAI_MEAN, OPENAI_STD, preprocessor_config
+from .shapes import CLASSES, COLOURS, SHAPES, Sample, render
+
+IMAGE_SIZE = 64
+TEXT_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+VISION_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 4,
+    "image_size": IMAGE_SIZE,
+    "patch_size": 16,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+PROJECTION_DIM = 64
+
+
+def make_dataset(n: int, seed: int, crop) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
+    """n rendered samples -> (uint8 crops [n,64,64,3] after the runtime's resize + crop, class ids, samples
+    without their images, for captions)."""
+    rng = np.random.default_rng(seed)
+    crops = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    classes = np.empty(n, dtype=np.int64)
+    samples = []
+    for i in range(n):
+        s = render(rng)
+        crops[i] = crop(s.image)
+        classes[i] = CLASSES.index(s.label)
+        samples.append(replace(s, image=None))
+    return crops, classes, samples
+
+
+def _features(out):
+    """transformers 4 returns a tensor from get_*_features, transformers 5 an output whose pooler is it."""
+    return out if hasattr(out, "dim") else out.pooler_output
+
+
+def train(
+    out_dir: str | Path,
+    seed: int = 0,
+    n_images: int = 50000,
+    steps: int = 5000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    hard_fraction: float = 0.3,
+    threads: int = 2,
+    log=print,
+) -> Path:
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPConfig, CLIPModel
+
+    from clipedge.bundle import Preprocess
+    from clipedge.preprocess import center_crop, resize_shortest_edge
+
+    from .clip_bpe import write_clip_tokenizer_files
+    from .clip_tokenizer import build_clip_tokenizer
+
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_clip_tokenizer_files(out)
+    tok = build_clip_tokenizer(out / "vocab.json", out / "merges.txt")
+    tok.enable_truncation(77)
+    pp = Preprocess(IMAGE_SIZE, "bicubic", (IMAGE_SIZE, IMAGE_SIZE), True, 1 / 255, tuple(OPENAI_MEAN), tuple(OPENAI_STD))
+
+    def crop(image):
+        return center_crop(np.asarray(resize_shortest_edge(image, pp)), IMAGE_SIZE, IMAGE_SIZE)
+
+    crops, classes, samples = make_dataset(n_images, seed, crop)
+    val_crops, val_classes, _ = make_dataset(600, seed + 999_983, crop)
+    log(f"generated {n_images} training images in {time.perf_counter() - t_start:.0f} s")
+
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+
+    def pixels(batch: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+    def token_ids(texts: list[str]) -> torch.Tensor:
+        enc = tok.encode_batch(texts)
+        length = max(len(e.ids) for e in enc)
+        ids = np.full((len(enc), length), 49407, dtype=np.int64)
+        for i, e in enumerate(enc):
+            ids[i, : len(e.ids)] = e.ids
+        return torch.from_numpy(ids)
+
+    config = CLIPConfig(text_config=TEXT_CONFIG, vision_config=VISION_CONFIG, projection_dim=PROJECTION_DIM)
+    model = CLIPModel(config)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
+    warmup = max(1, steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    rng = np.random.default_rng(seed + 1)
+    colour_of = classes // len(SHAPES)
+    by_colour = [np.flatnonzero(colour_of == c) for c in range(len(COLOURS))]
+    for step in range(steps):
+        if rng.random() < hard_fraction:
+            # a batch of one colour: only shape tells its captions apart (hard negatives; without them the
+            # model settles on colour alone and shape stays near chance for hundreds of steps)
+            pool = by_colour[int(rng.integers(len(by_colour)))]
+            idx = rng.choice(pool, size=min(batch_size, len(pool)), replace=False)
+        else:
+            idx = rng.choice(n_images, size=batch_size, replace=False)
+        batch = crops[idx]
+        if rng.random() < 0.5:  # small colour-preserving augmentation: brightness jitter
+            batch = np.clip(batch.astype(np.int16) + rng.integers(-12, 13), 0, 255).astype(np.uint8)
+        captions = [samples[i].caption(rng) for i in idx]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        img = F.normalize(_features(model.get_image_features(pixel_values=pixels(batch))), dim=-1)
+        txt = F.normalize(_features(model.get_text_features(input_ids=token_ids(captions))), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ txt.T
+        same = torch.from_numpy(classes[idx][:, None] == classes[idx][None, :]).float()
+        target = same / same.sum(dim=1, keepdim=True)
+        loss = 0.5 * (-(target * F.log_softmax(logits, dim=1)).sum(1).mean())
+        loss = loss + 0.5 * (-(target * F.log_softmax(logits.T, dim=1)).sum(1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 500 == 0 or step == steps - 1:
+            acc = _zero_shot_accuracy(model, pixels(val_crops), val_classes, token_ids)
+            log(
+                f"step {step:5d}  loss {loss.item():.3f}  scale {scale.item():5.1f}  val top-1 {acc:.3f}  "
+                f"{time.perf_counter() - t_start:.0f} s"
+            )
+            model.train()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(IMAGE_SIZE), indent=2))
+    minutes = (time.perf_counter() - t_start) / 60
+    (out / "training.json").write_text(
+        json.dumps({"seed": seed, "images": n_images, "steps": steps, "batch_size": batch_size, "minutes": round(minutes, 1)})
+    )
+    log(f"trained in {minutes:.1f} min -> {out}")
+    return out
+
+
+def _zero_shot_accuracy(model, pixel_values, classes: np.ndarray, token_ids) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    with torch.no_grad():
+        img = F.normalize(_features(model.get_image_features(pixel_values=pixel_values)), dim=-1)
+        ids = token_ids([f"a photo of a {c}." for c in CLASSES])
+        txt = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
+    return float(((img @ txt.T).argmax(1).numpy() == classes).mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="train the demo CLIP on generated shapes")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train and save a Hugging Face checkpoint folder")
+    t.add_argument("out_dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--images", type=int, default=50000)
+    t.add_argument("--steps", type=int, default=5000)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    train(args.out_dir, args.seed, args.images, args.steps, args.batch_size, lr=args.lr, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Zero-shot accuracy of a bundle on an image-folder dataset (one sub-folder per class), in each precision.
+
+Each image is decoded and preprocessed once; every precision's vision tower runs on the same pixels, so
+top-1 agreement with fp32 measures what quantisation changes and nothing else. The class text is the
+folder name (underscores read as spaces) in the chosen template(s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import load_bundle
+from .classifier import ZeroShotClassifier, load_images
+from .images import IMAGE_EXTENSIONS, ImageError
+from .preprocess import preprocess
+from .providers import ProviderSpec
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    classes: list[str]
+    images: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    agreement_with_fp32: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "classes": len(self.classes),
+            "images": self.images,
+            "failed": [{"file": f, "error": e} for f, e in self.failed],
+            "top1_accuracy": self.accuracy,
+            "top1_agreement_with_fp32": self.agreement_with_fp32,
+            "vision_seconds": self.seconds,
+        }
+
+
+def image_folder(root: str | Path, limit_per_class: int | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+    """(class names, image paths, class index per image) of an image-folder dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such dataset folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < 2:
+        raise ValueError(f"{root}: expected one sub-folder per class (found {len(folders)})")
+    classes, paths, targets = [], [], []
+    for k, folder in enumerate(folders):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise ValueError(f"{folder}: class folder has no images")
+        files = files[:limit_per_class] if limit_per_class else files
+        classes.append(folder.name.replace("_", " "))
+        paths += files
+        targets += [k] * len(files)
+    return classes, paths, np.asarray(targets)
+
+
+def evaluate(
+    bundle: str | Path,
+    dataset: str | Path,
+    precisions: Sequence[str] | None = None,
+    templates: str | Sequence[str] | None = "a photo of a {}.",
+    provider: ProviderSpec = "cpu",
+    threads: int | None = None,
+    chunk: int = 256,
+    limit_per_class: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Top-1 accuracy per precision (all the bundle has by default) and top-1 agreement with fp32."""
+    classes, paths, targets = image_folder(dataset, limit_per_class)
+    names = list(precisions or load_bundle(bundle, verify=False).manifest.precisions)
+    clfs = {p: ZeroShotClassifier.load(bundle, p, provider, threads) for p in names}
+    first = clfs[names[0]]
+    labels = {p: c.label_embeddings(classes, templates) for p, c in clfs.items()}
+    report = EvalReport(str(dataset), classes, len(paths))
+    preds: dict[str, list[np.ndarray]] = {p: [] for p in names}
+    kept: list[int] = []
+    spec = first.bundle.manifest.preprocess
+    for start in range(0, len(paths), chunk):
+        batch = paths[start : start + chunk]
+        decoded = load_images(batch, first.decode_policy)
+        pixels, ok = [], []
+        for i, im in enumerate(decoded):
+            if isinstance(im, ImageError):
+                report.failed.append((str(batch[i]), str(im)))
+                continue
+            pixels.append(preprocess(im, spec))
+            ok.append(start + i)
+        if not ok:
+            continue
+        stacked = np.stack(pixels)
+        for p, clf in clfs.items():
+            t0 = time.perf_counter()
+            emb = clf.encoder.embed_pixels(stacked, batch_size=64)
+            report.seconds[p] = report.seconds.get(p, 0.0) + time.perf_counter() - t0
+            preds[p].append((emb @ labels[p].embeddings.T).argmax(axis=1))
+        kept += ok
+        if progress:
+            progress(min(start + chunk, len(paths)), len(paths))
+    y = targets[kept]
+    for p in names:
+        pred = np.concatenate(preds[p]) if preds[p] else np.zeros(0, dtype=int)
+        report.accuracy[p] = float((pred == y).mean()) if len(y) else float("nan")
+        if "fp32" in preds and p != "fp32" and len(y):
+            report.agreement_with_fp32[p] = float((pred == np.concatenate(preds["fp32"])).mean())
+    return report
+
+
+def format_report(report: EvalReport) -> str:
+    lines = [
+        f"{report.dataset}: {len(report.classes)} classes, {report.images} images, {len(report.failed)} failed",
+        f"{'precision':<10} {'top-1':>7} {'agree fp32':>11} {'vision img/s':>13}",
+    ]
+    scored = report.images - len(report.failed)
+    for p, acc in report.accuracy.items():
+        agree = report.agreement_with_fp32.get(p)
+        rate = scored / report.seconds[p] if report.seconds.get(p) else float("nan")
+        lines.append(f"{p:<10} {acc * 100:6.2f}% {'' if agree is None else f'{agree * 100:10.2f}%':>11} {rate:13.1f}")
+    return "\n".join(lines)
