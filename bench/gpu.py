@@ -35,13 +35,20 @@ def torch_rows(checkpoint: str, batches: list[int], iters: int) -> list[dict]:
                 torch.cuda.synchronize()
 
             t = time_runs(run, warmup=5, iters=iters)
-            rows.append({"engine": "pytorch-eager", "precision": name, "batch": b, **t, "img_per_s": round(b * 1000 / t["p50_ms"], 1)})
+            rows.append(
+                {
+                    "engine": "pytorch-eager",
+                    "precision": name,
+                    "batch": b,
+                    **t,
+                    "img_per_s": round(b * 1000 / t["p50_ms"], 1),
+                }
+            )
     return rows
 
 
 def ort_rows(bundle: str, batches: list[int], iters: int) -> list[dict]:
     import onnxruntime as ort
-
     from clipedge.bundle import load_bundle
     from clipedge.providers import create_session
 
@@ -52,7 +59,15 @@ def ort_rows(bundle: str, batches: list[int], iters: int) -> list[dict]:
         for b in batches:
             x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
             t = time_runs(lambda s=sess, x=x: s.run(None, {"pixel_values": x}), warmup=5, iters=iters)
-            rows.append({"engine": "ort-cuda", "precision": precision, "batch": b, **t, "img_per_s": round(b * 1000 / t["p50_ms"], 1)})
+            rows.append(
+                {
+                    "engine": "ort-cuda",
+                    "precision": precision,
+                    "batch": b,
+                    **t,
+                    "img_per_s": round(b * 1000 / t["p50_ms"], 1),
+                }
+            )
             io = sess.io_binding()
             xv = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
             io.bind_ortvalue_input("pixel_values", xv)
@@ -63,7 +78,15 @@ def ort_rows(bundle: str, batches: list[int], iters: int) -> list[dict]:
                 io.synchronize_outputs()
 
             t = time_runs(run_bound, warmup=5, iters=iters)
-            rows.append({"engine": "ort-cuda-iobinding", "precision": precision, "batch": b, **t, "img_per_s": round(b * 1000 / t["p50_ms"], 1)})
+            rows.append(
+                {
+                    "engine": "ort-cuda-iobinding",
+                    "precision": precision,
+                    "batch": b,
+                    **t,
+                    "img_per_s": round(b * 1000 / t["p50_ms"], 1),
+                }
+            )
     return rows
 
 

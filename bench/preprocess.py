@@ -56,15 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
 
-    from transformers import CLIPImageProcessor
-
     from clipedge.bundle import Preprocess
     from clipedge.images import DecodePolicy, load_image
     from clipedge.preprocess import preprocess
+    from transformers import CLIPImageProcessor
 
     spec = Preprocess(224, "bicubic", (224, 224), True, 1 / 255, OPENAI_MEAN, OPENAI_STD)
     hf = CLIPImageProcessor(
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, image_mean=OPENAI_MEAN, image_std=OPENAI_STD
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        image_mean=OPENAI_MEAN,
+        image_std=OPENAI_STD,
     )
     plain, draft = DecodePolicy(), DecodePolicy(draft=224)
     clf = None
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, data in photos().items():
         ours = median_ms(lambda d=data: preprocess(load_image(d, plain), spec), args.repeat)
         ours_draft = median_ms(lambda d=data: preprocess(load_image(d, draft), spec), args.repeat)
-        theirs = median_ms(lambda d=data: hf(images=[Image.open(io.BytesIO(d)).convert("RGB")], return_tensors="np"), args.repeat)
+        theirs = median_ms(
+            lambda d=data: hf(images=[Image.open(io.BytesIO(d)).convert("RGB")], return_tensors="np"), args.repeat
+        )
         a = preprocess(load_image(data, plain), spec)
         b = hf(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="np")["pixel_values"][0]
         row = {

@@ -16,36 +16,38 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
+def _checkpoint(tmp_path_factory, arch):
     from clipedge_export.random_checkpoint import make_random_checkpoint
 
-    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / arch, arch, seed=0)
+
+
+def _bundle(tmp_path_factory, checkpoint):
+    from clipedge_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / checkpoint.name
+    export_bundle(str(checkpoint), out, log=_quiet)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_checkpoint):
-    from clipedge_export.export import export_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(str(tiny_checkpoint), out, log=_quiet)
-    return out
+    return _bundle(tmp_path_factory, tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def vitb32_checkpoint(tmp_path_factory):
-    from clipedge_export.random_checkpoint import make_random_checkpoint
-
-    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "vit-b-32", "vit-b-32", seed=0)
+    return _checkpoint(tmp_path_factory, "vit-b-32")
 
 
 @pytest.fixture(scope="session")
 def vitb32_bundle(tmp_path_factory, vitb32_checkpoint):
-    from clipedge_export.export import export_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "vit-b-32"
-    export_bundle(str(vitb32_checkpoint), out, log=_quiet)
-    return out
+    return _bundle(tmp_path_factory, vitb32_checkpoint)
 
 
 @pytest.fixture(scope="session")

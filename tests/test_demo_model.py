@@ -44,10 +44,14 @@ def test_readme_main_job_classifies_the_examples(tmp_path, capsys):
     examples = sorted((DEMO / "examples").glob("*.png"))
     assert len(examples) >= 4
     labels = [p.stem.replace("_", " ") for p in examples]
-    code = main(["classify", *map(str, examples), "-m", str(DEMO), "--labels", ", ".join(labels), "--json", "--top-k", "1"])
+    code = main(
+        ["classify", *map(str, examples), "-m", str(DEMO), "--labels", ", ".join(labels), "--json", "--top-k", "1"]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0
     assert [r["labels"][0] for r in rows] == labels
     png = tmp_path / "demo.png"
-    assert main(["classify", *map(str, examples), "-m", str(DEMO), "--labels", ", ".join(labels), "--plot", str(png)]) == 0
+    assert (
+        main(["classify", *map(str, examples), "-m", str(DEMO), "--labels", ", ".join(labels), "--plot", str(png)]) == 0
+    )
     assert png.stat().st_size > 10_000

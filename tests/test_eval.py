@@ -33,6 +33,10 @@ def test_eval_cli(tiny_bundle, tmp_path, capsys):
     code = main(["eval", str(ds), "-m", str(tiny_bundle), "--precisions", "fp32,int8", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 1  # one image failed, the rest was scored
-    assert out["images"] == 7 and set(out["top1_accuracy"]) == {"fp32", "int8"} and out["failed"][0]["file"].endswith("broken.jpg")
+    assert (
+        out["images"] == 7
+        and set(out["top1_accuracy"]) == {"fp32", "int8"}
+        and out["failed"][0]["file"].endswith("broken.jpg")
+    )
     assert main(["eval", str(tmp_path / "nope"), "-m", str(tiny_bundle)]) == 2
     assert "no such dataset folder" in capsys.readouterr().err

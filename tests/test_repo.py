@@ -13,7 +13,11 @@ def _commands():
 
 def test_ci_runs_the_readme_test_command():
     main_cmd, test_cmd = _commands()
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci == [test_cmd]
     assert "pytest" in test_cmd and "ruff check" in test_cmd
     assert "clipedge classify models/demo/examples/" in main_cmd and "torch" not in main_cmd

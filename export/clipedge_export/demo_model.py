@@ -7,6 +7,7 @@ through the same `clipedge export` as any checkpoint. Deterministic from the see
 
     python -m clipedge_export.demo_model train .work/demo-ckpt
     clipedge export .work/demo-ckpt -o models/demo --precisions fp32,int8
+    python -m clipedge_export.demo_model examples models/demo/examples
 
 The loss is CLIP's symmetric contrastive loss with every same-class pair in the batch counted as a
 positive (a batch of 256 over 30 classes holds ~8 images of each class; plain CLIP would push them apart).
@@ -86,10 +87,9 @@ def train(
 ) -> Path:
     import torch
     import torch.nn.functional as F
-    from transformers import CLIPConfig, CLIPModel
-
     from clipedge.bundle import Preprocess
     from clipedge.preprocess import center_crop, resize_shortest_edge
+    from transformers import CLIPConfig, CLIPModel
 
     from .clip_bpe import write_clip_tokenizer_files
     from .clip_tokenizer import build_clip_tokenizer
@@ -102,7 +102,9 @@ def train(
     write_clip_tokenizer_files(out)
     tok = build_clip_tokenizer(out / "vocab.json", out / "merges.txt")
     tok.enable_truncation(77)
-    pp = Preprocess(IMAGE_SIZE, "bicubic", (IMAGE_SIZE, IMAGE_SIZE), True, 1 / 255, tuple(OPENAI_MEAN), tuple(OPENAI_STD))
+    pp = Preprocess(
+        IMAGE_SIZE, "bicubic", (IMAGE_SIZE, IMAGE_SIZE), True, 1 / 255, tuple(OPENAI_MEAN), tuple(OPENAI_STD)
+    )
 
     def crop(image):
         return center_crop(np.asarray(resize_shortest_edge(image, pp)), IMAGE_SIZE, IMAGE_SIZE)
@@ -183,7 +185,9 @@ def train(
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(IMAGE_SIZE), indent=2))
     minutes = (time.perf_counter() - t_start) / 60
     (out / "training.json").write_text(
-        json.dumps({"seed": seed, "images": n_images, "steps": steps, "batch_size": batch_size, "minutes": round(minutes, 1)})
+        json.dumps(
+            {"seed": seed, "images": n_images, "steps": steps, "batch_size": batch_size, "minutes": round(minutes, 1)}
+        )
     )
     log(f"trained in {minutes:.1f} min -> {out}")
     return out
@@ -201,6 +205,23 @@ def _zero_shot_accuracy(model, pixel_values, classes: np.ndarray, token_ids) -> 
     return float(((img @ txt.T).argmax(1).numpy() == classes).mean())
 
 
+EXAMPLES = ("red circle", "orange square", "yellow triangle", "green star", "blue cross", "purple circle")
+
+
+def write_examples(out_dir: str | Path, seed: int = 7) -> list[Path]:
+    """The README's example images: one generated image per class in EXAMPLES, named after its class."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for label in EXAMPLES:
+        colour, shape = label.split(" ")
+        path = out / f"{label.replace(' ', '_')}.png"
+        render(rng, colour, shape).image.save(path, optimize=True)
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="train the demo CLIP on generated shapes")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -212,7 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--lr", type=float, default=1e-3)
+    e = sub.add_parser("examples", help="write the README's example images")
+    e.add_argument("out_dir")
     args = parser.parse_args(argv)
+    if args.cmd == "examples":
+        for path in write_examples(args.out_dir):
+            print(path)
+        return
     train(args.out_dir, args.seed, args.images, args.steps, args.batch_size, lr=args.lr, threads=args.threads)
 
 

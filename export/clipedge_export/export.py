@@ -134,7 +134,7 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
     vcfg, tcfg = config.vision_config, config.text_config
     preprocess = src.load_preprocess(ckpt, vcfg.image_size)
     tok = src.load_tokenizer(ckpt)
-    tok.save(str(tmp / "tokenizer.json"))
+    tok.save(str(tmp / "tokenizer.json"), pretty=False)
     spec = tokenizer_spec(tok, ckpt.folder, tcfg.max_position_embeddings)
     spec = TokenizerSpec(**{**spec.__dict__, "sha256": file_entry(tmp, "tokenizer.json").sha256})
     arch = Architecture(

@@ -97,7 +97,10 @@ def _background(rng: np.random.Generator, w: int, h: int, kind: str) -> Image.Im
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     if shape == "square":
-        pts = [(math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4)) for k in range(4)]
+        pts = [
+            (math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4))
+            for k in range(4)
+        ]
         pts = [(x * r, y * r) for x, y in pts]
     elif shape == "triangle":
         pts = [(r * math.cos(angle + k * 2 * math.pi / 3), r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
@@ -109,7 +112,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             pts.append((rad * math.cos(a), rad * math.sin(a)))
     else:  # cross
         t = 0.33
-        base = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        base = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
         ca, sa = math.cos(angle), math.sin(angle)
         pts = [((x * ca - y * sa) * r, (x * sa + y * ca) * r) for x, y in base]
     return [(cx + x, cy + y) for x, y in pts]

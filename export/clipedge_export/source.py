@@ -95,16 +95,23 @@ def _from_hub(repo_id: str, revision: str | None) -> Checkpoint:
     return Checkpoint(folder, repo_id, "hub", revision or folder.name)
 
 
+def _read_json(path: Path, why_needed: str) -> dict:
+    if not path.is_file():
+        raise ExportError(f"{path.parent}: no {path.name} ({why_needed})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return data
+
+
 def load_config(ckpt: Checkpoint) -> Any:
     from transformers import CLIPConfig
 
     cfg_path = ckpt.folder / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"{ckpt.folder}: no config.json (not a Hugging Face checkpoint folder)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{cfg_path}: not valid JSON ({e})") from None
+    raw = _read_json(cfg_path, "not a Hugging Face checkpoint folder")
     model_type = raw.get("model_type")
     if model_type != "clip":
         raise ExportError(
@@ -141,12 +148,7 @@ def load_model(ckpt: Checkpoint, config: Any) -> Any:
 def load_preprocess(ckpt: Checkpoint, image_size: int) -> Preprocess:
     """Exactly what CLIPImageProcessor does with this checkpoint's preprocessor_config.json."""
     path = ckpt.folder / "preprocessor_config.json"
-    if not path.is_file():
-        raise ExportError(f"{ckpt.folder}: no preprocessor_config.json (needed to preprocess exactly like CLIP)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    cfg = _read_json(path, "needed to preprocess exactly like CLIP")
     size = cfg.get("size", image_size)
     shortest = size.get("shortest_edge") if isinstance(size, dict) else size
     crop = cfg.get("crop_size", size)

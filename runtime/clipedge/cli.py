@@ -86,13 +86,13 @@ def _load_classifier(args: argparse.Namespace):
 
 def _format_table(names: list[str], results: list[dict], top_k: int) -> str:
     lines = []
+    width = max((len(label) for res in results for label in res["labels"]), default=0)
     for name, res in zip(names, results, strict=True):
         lines.append(name)
         if res.get("error"):
             lines.append(f"  error: {res['error']}")
             continue
         pairs = sorted(zip(res["labels"], res["probs"], strict=True), key=lambda lp: -lp[1])[:top_k]
-        width = max(len(label) for label, _ in pairs)
         for label, p in pairs:
             lines.append(f"  {label:<{width}}  {p:6.3f}  {'█' * round(p * 30)}")
     return "\n".join(lines)
