@@ -4,8 +4,9 @@
 
 Inputs: scikit-image's photographs (astronaut, coffee, chelsea, rocket) as PNG, and the same photos
 upscaled to 1920x1080 and 4000x3000 as JPEG (camera-sized). Reports the median time per image for
-decode + preprocess, the max pixel difference to CLIPImageProcessor, and, with --bundle, the embedding
-cosine between the plain and the draft-mode path (draft lets libjpeg decode at 1/2..1/8 scale).
+decode + preprocess and for preprocessing alone (from a decoded image), the max pixel difference to
+CLIPImageProcessor, the pixel difference of the draft-mode path (libjpeg decodes at 1/2..1/8 scale), and,
+with --bundle, the embedding cosine between the plain and the draft-mode path.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         theirs = median_ms(
             lambda d=data: hf(images=[Image.open(io.BytesIO(d)).convert("RGB")], return_tensors="np"), args.repeat
         )
-        a = preprocess(load_image(data, plain), spec)
+        decoded = load_image(data, plain)
+        only_ours = median_ms(lambda im=decoded: preprocess(im, spec), args.repeat)
+        only_theirs = median_ms(lambda im=decoded: hf(images=[im], return_tensors="np"), args.repeat)
+        a = preprocess(decoded, spec)
         b = hf(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="np")["pixel_values"][0]
         row = {
             "image": name,
@@ -91,8 +95,14 @@ def main(argv: list[str] | None = None) -> None:
             "clipedge_draft_ms": round(ours_draft, 2),
             "transformers_ms": round(theirs, 2),
             "speedup": round(theirs / ours, 2),
+            "preprocess_only_clipedge_ms": round(only_ours, 2),
+            "preprocess_only_transformers_ms": round(only_theirs, 2),
+            "preprocess_only_speedup": round(only_theirs / only_ours, 2),
             "max_abs_diff_vs_transformers": float(np.abs(a - b).max()) if a.shape == b.shape else None,
         }
+        d = preprocess(load_image(data, draft), spec)
+        row["draft_pixel_max_abs_diff"] = round(float(np.abs(a - d).max()), 4)
+        row["draft_pixel_mean_abs_diff"] = round(float(np.abs(a - d).mean()), 4)
         if clf is not None:
             e1 = clf.encoder.embed_pixels(a[None])[0]
             e2 = clf.encoder.embed_pixels(preprocess(load_image(data, draft), spec)[None])[0]

@@ -122,3 +122,14 @@ def test_decode_base64_variants():
     assert decode_base64("data:text/plain;base64,aGVsbG8=") == b"hello"
     with pytest.raises(ImageError):
         decode_base64("data:text/plain,hello")
+
+
+def test_jpeg_draft_decodes_at_reduced_scale(tiny_bundle):
+    from clipedge import ZeroShotClassifier
+
+    big = _png(Image.new("RGB", (2000, 1500), (10, 200, 30)), "JPEG")
+    plain = load_image(big)
+    draft = load_image(big, DecodePolicy(draft=224))
+    assert plain.size == (2000, 1500) and draft.size == (500, 375)  # 1/4: the smallest scale keeping >= 224
+    clf = ZeroShotClassifier.load(tiny_bundle, fast_jpeg=True)
+    assert clf.decode_policy.draft == 64  # the bundle's resize_shortest_edge
