@@ -133,3 +133,14 @@ def test_jpeg_draft_decodes_at_reduced_scale(tiny_bundle):
     assert plain.size == (2000, 1500) and draft.size == (500, 375)  # 1/4: the smallest scale keeping >= 224
     clf = ZeroShotClassifier.load(tiny_bundle, fast_jpeg=True)
     assert clf.decode_policy.draft == 64  # the bundle's resize_shortest_edge
+
+
+def test_paths_refused_when_not_allowed(tmp_path):
+    path = tmp_path / "red.png"
+    RED.save(path)
+    untrusted = DecodePolicy(allow_paths=False)
+    with pytest.raises(ImageError, match="file paths are not accepted"):
+        load_image(path, untrusted)
+    with pytest.raises(ImageError, match="not a valid base64 string"):
+        load_image(str(path), untrusted)  # a path string is just bad base64 here: the file is never read
+    assert load_image(base64.b64encode(path.read_bytes()).decode(), untrusted).size == (40, 30)

@@ -263,7 +263,69 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_classify, add_labels, add_eval, add_export]
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from .serve import Limits, ServeConfig, run_server
+    except ImportError as e:
+        return _fail(f"serve needs the serve extra ({e.name} is missing): pip install 'clipedge[serve]'")
+    from .bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(args.model, verify=False)  # fail fast on a wrong path; hashes are checked at load
+    except BundleError as e:
+        return _fail(str(e))
+    config = ServeConfig(
+        bundle=args.model,
+        precision=args.precision,
+        provider=args.provider,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.queue_size,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        limits=Limits(max_images=args.max_images, max_labels=args.max_labels, max_label_chars=args.max_label_chars),
+        max_pixels=args.max_pixels,
+        allow_private_urls=args.allow_private_urls,
+        api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
+        cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
+        template=args.template,
+    )
+    if args.api_key_env and not config.api_key:
+        return _fail(f"--api-key-env {args.api_key_env}: that environment variable is empty")
+    run_server(config, args.host, args.port, args.drain_seconds)
+    return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="real-time HTTP endpoint (Azure ML contract at /score; needs clipedge[serve])")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--template", default=None, help='prompt template for labels, e.g. "a photo of a {}."')
+    p.add_argument("--max-batch", type=int, default=32, help="images per vision-tower run (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="idle wait for more requests (default 0)")
+    p.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 (default 256)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="request body cap in MiB (default 32)")
+    p.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
+    p.add_argument("--max-labels", type=int, default=1000, help="labels per request (default 1000)")
+    p.add_argument("--max-label-chars", type=int, default=300, help="characters per label (default 300)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels per image, checked before decoding")
+    p.add_argument("--allow-private-urls", action="store_true", help="fetch URLs on private/loopback addresses")
+    p.add_argument("--api-key-env", default=None, help="name of an environment variable holding the API key")
+    p.add_argument("--cors", default=None, help="comma-separated allowed origins (CORS is off by default)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, help="graceful shutdown limit (default 30)")
+    p.set_defaults(func=cmd_serve)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_classify,
+    add_labels,
+    add_eval,
+    add_serve,
+    add_export,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ class DecodePolicy:
     max_pixels: int = DEFAULT_MAX_PIXELS
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     draft: int | None = None  # JPEG: let libjpeg decode at 1/2, 1/4, 1/8 scale down to >= this shortest edge
+    allow_paths: bool = True  # False for untrusted input (the HTTP endpoint): strings are base64 or URLs only
 
 
 def describe(source: Any) -> str:
@@ -156,6 +157,8 @@ def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.
     if isinstance(source, bytes | bytearray | memoryview):
         return to_rgb(_open(io.BytesIO(bytes(source)), policy, name))
     if isinstance(source, Path):
+        if not policy.allow_paths:
+            raise ImageError(f"{name}: file paths are not accepted here")
         return to_rgb(_open(_read(source, name), policy, name))
     if not isinstance(source, str):
         raise ImageError(f"{name}: unsupported image input type")
@@ -168,7 +171,7 @@ def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.
         return to_rgb(_open(io.BytesIO(data), policy, name))
     if text.startswith("data:"):
         return to_rgb(_open(io.BytesIO(_b64(text, name)), policy, name))
-    if len(text) < 1024 and "\n" not in text:
+    if policy.allow_paths and len(text) < 1024 and "\n" not in text:
         path = Path(text).expanduser()
         if path.exists() or not B64_CHARS.match(text) or len(text) < 64:
             return to_rgb(_open(_read(path, name), policy, name))
