@@ -25,9 +25,19 @@ def b64(path: Path, wrap: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerProcess(
-        DEMO, "--max-images", "8", "--max-labels", "50", "--max-label-chars", "40", "--max-body-mb", "1"
-    ) as s:
+    args = [
+        "--max-images",
+        "8",
+        "--max-labels",
+        "50",
+        "--max-label-chars",
+        "40",
+        "--max-body-mb",
+        "1",
+        "--max-pixels",
+        "1000000",
+    ]
+    with ServerProcess(DEMO, *args) as s:
         yield s
 
 
@@ -146,6 +156,18 @@ def test_body_cap_and_pixel_cap(server):
 
     r = httpx.post(server.url + "/score", content=chunks(), timeout=30)
     assert r.status_code == 413
+
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1200, 1000)).save(buf, format="PNG")  # 1.2 MP, a few KB: the cap is on pixels, not bytes
+    body = {"input_data": {"columns": ["image", "text"], "data": [[base64.b64encode(buf.getvalue()).decode(), "a, b"]]}}
+    r = post(server, body)
+    assert (
+        r.status_code == 400 and "1200x1000 image exceeds the pixel limit of 1,000,000" in r.json()["error"]["message"]
+    )
 
 
 def test_native_routes(server):
