@@ -319,10 +319,96 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import InputError, OutputError, check_output, done_ids, open_input
+    from .bundle import BundleError
+    from .labels import LabelFileError
+    from .providers import ProviderError
+    from .templates import parse_labels
+
+    try:
+        if args.engine == "ray":
+            from .batch.ray_engine import check_output_dir
+
+            out = check_output_dir(args.output, args.format, args.resume)
+        else:
+            out = check_output(args.output, args.resume)
+        groups = open_input(args.input, args.image_column, args.id_column)
+        azure = all(g.labels is not None for g in groups)
+        clf = _load_classifier(args)
+        labels = None
+        if args.label_embeddings:
+            labels = clf.load_labels(args.label_embeddings)
+        elif args.labels_file or args.labels:
+            names = _read_labels_file(args.labels_file) if args.labels_file else parse_labels(args.labels)
+            if not names:
+                return _fail("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+            labels = clf.label_embeddings(names, _templates_arg(args))
+        elif not azure:
+            return _fail("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+    except (InputError, OutputError, BundleError, ProviderError, LabelFileError, ValueError) as e:
+        return _fail(str(e))
+    if args.engine == "ray":
+        from .batch.ray_engine import run_ray
+
+        summary = run_ray(args, clf, labels, out)
+    else:
+        summary = _run_local(args, clf, groups, labels, out, done_ids(out) if args.resume else set())
+    for line in summary.errors[:10]:
+        print(f"clipedge: {line}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
+    if summary.interrupted:
+        print(f"clipedge: interrupted; {out} is valid: run again with --resume to continue", file=sys.stderr)
+        return 130
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def _run_local(args, clf, groups, labels, out, skip):
+    from .batch import LocalEngine, Writer
+    from .batch.local import progress_bar
+    from .batch.sources import count_items
+
+    total = count_items(args.input)
+    bar = progress_bar(None if total is None else max(0, total - len(skip)), False if args.no_progress else None)
+    writer = Writer(out)
+    try:
+        engine = LocalEngine(clf, batch_size=args.batch_size, workers=args.workers)
+        return engine.run(groups, labels, _templates_arg(args), writer, skip, bar.update if bar else None)
+    finally:
+        writer.close()
+        if bar:
+            bar.close()
+
+
+def add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="score a folder or table of images into a result file (local or Ray)")
+    p.add_argument("input", help="folder of images, .csv/.jsonl/.parquet table, or Azure batch folder of CSVs")
+    p.add_argument("-o", "--output", required=True, help="results .jsonl/.csv/.parquet (Ray: an output folder)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
+    g.add_argument("--labels-file", help="text file, one label per line")
+    g.add_argument("--label-embeddings", help=".npz written by `clipedge labels build`")
+    _add_template_args(p)
+    _add_model_args(p)
+    p.add_argument("--image-column", default="image", help="table column with paths, URLs or base64 (default image)")
+    p.add_argument("--id-column", default=None, help="table column to use as the row id (default: row number)")
+    p.add_argument("--resume", action="store_true", help="skip rows already in the output and append")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, 2..8)")
+    p.add_argument("--fast-jpeg", action="store_true", help="decode large JPEGs at reduced scale (faster)")
+    p.add_argument("--allow-private-urls", action="store_true", help="fetch URLs on private/loopback addresses")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local one)")
+    p.add_argument("--format", choices=["parquet", "jsonl", "csv"], default="parquet", help="Ray output files")
+    p.set_defaults(func=cmd_batch)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_classify,
     add_labels,
     add_eval,
+    add_batch,
     add_serve,
     add_export,
 ]
