@@ -107,17 +107,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .images import ImageError, describe
     from .labels import LabelFileError
     from .providers import ProviderError
-    from .templates import parse_labels
 
     try:
         clf = _load_classifier(args)
-        if args.label_embeddings:
-            label_emb = clf.load_labels(args.label_embeddings)
-        else:
-            labels = _read_labels_file(args.labels_file) if args.labels_file else parse_labels(args.labels or "")
-            if not labels:
-                return _fail("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
-            label_emb = clf.label_embeddings(labels, _templates_arg(args))
+        label_emb = _resolve_labels(args, clf)
     except (BundleError, ProviderError, LabelFileError, ValueError) as e:
         return _fail(str(e))
     decoded = load_images(args.images, clf.decode_policy)
@@ -168,6 +161,29 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
 
 
+def _add_label_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
+    g.add_argument("--labels-file", help="text file, one label per line")
+    g.add_argument("--label-embeddings", help=".npz written by `clipedge labels build`")
+
+
+def _resolve_labels(args: argparse.Namespace, clf, required: bool = True):
+    """LabelEmbeddings from --label-embeddings, --labels-file or --labels; None when none was given and
+    none is required. Raises ValueError naming the problem."""
+    from .templates import parse_labels
+
+    if args.label_embeddings:
+        return clf.load_labels(args.label_embeddings)
+    if args.labels_file or args.labels:
+        names = _read_labels_file(args.labels_file) if args.labels_file else parse_labels(args.labels)
+        if names:
+            return clf.label_embeddings(names, _templates_arg(args))
+    elif not required:
+        return None
+    raise ValueError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+
+
 def _add_template_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--template", default=None, help='one prompt template, e.g. "a photo of a {}."')
@@ -177,10 +193,7 @@ def _add_template_args(p: argparse.ArgumentParser) -> None:
 def add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="zero-shot classify images (paths, URLs or base64)")
     p.add_argument("images", nargs="+", help="image files, http(s) URLs or base64 strings")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
-    g.add_argument("--labels-file", help="text file, one label per line")
-    g.add_argument("--label-embeddings", help=".npz written by `clipedge labels build`")
+    _add_label_args(p)
     _add_template_args(p)
     _add_model_args(p)
     p.add_argument("--top-k", type=int, default=None, help="labels to show per image (default 5)")
@@ -324,7 +337,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .bundle import BundleError
     from .labels import LabelFileError
     from .providers import ProviderError
-    from .templates import parse_labels
 
     try:
         if args.engine == "ray":
@@ -336,16 +348,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         groups = open_input(args.input, args.image_column, args.id_column)
         azure = all(g.labels is not None for g in groups)
         clf = _load_classifier(args)
-        labels = None
-        if args.label_embeddings:
-            labels = clf.load_labels(args.label_embeddings)
-        elif args.labels_file or args.labels:
-            names = _read_labels_file(args.labels_file) if args.labels_file else parse_labels(args.labels)
-            if not names:
-                return _fail("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
-            labels = clf.label_embeddings(names, _templates_arg(args))
-        elif not azure:
-            return _fail("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+        labels = _resolve_labels(args, clf, required=not azure)
     except (InputError, OutputError, BundleError, ProviderError, LabelFileError, ValueError) as e:
         return _fail(str(e))
     if args.engine == "ray":
@@ -384,10 +387,7 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="score a folder or table of images into a result file (local or Ray)")
     p.add_argument("input", help="folder of images, .csv/.jsonl/.parquet table, or Azure batch folder of CSVs")
     p.add_argument("-o", "--output", required=True, help="results .jsonl/.csv/.parquet (Ray: an output folder)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
-    g.add_argument("--labels-file", help="text file, one label per line")
-    g.add_argument("--label-embeddings", help=".npz written by `clipedge labels build`")
+    _add_label_args(p)
     _add_template_args(p)
     _add_model_args(p)
     p.add_argument("--image-column", default="image", help="table column with paths, URLs or base64 (default image)")
