@@ -220,3 +220,33 @@ def test_hub_id_not_cached_offline_is_clear_error(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "openai/clip-vit-base-patch32: cannot get the checkpoint from the Hugging Face hub or the local cache" in err
     assert not (tmp_path / "b").exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/clipedge-pwned",))
+
+
+def test_bin_weights_load_with_weights_only(tiny_checkpoint, tmp_path, capsys):
+    """pytorch_model.bin works; a pickle that would run code is refused (torch.load(weights_only=True))."""
+    import os
+
+    import torch
+    from clipedge_export.export import export_bundle
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "bin"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    state = load_file(ckpt / "model.safetensors")
+    (ckpt / "model.safetensors").unlink()
+    torch.save(state, ckpt / "pytorch_model.bin")
+    m = export_bundle(str(ckpt), tmp_path / "b", precisions="fp32", log=lambda s: None)
+    assert m.source.weights[0].file == "pytorch_model.bin"
+    torch.save({"payload": _Evil()}, ckpt / "pytorch_model.bin")
+    if os.path.exists("/tmp/clipedge-pwned"):
+        os.remove("/tmp/clipedge-pwned")
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "evil")]) == 2
+    assert "cannot load the weights" in capsys.readouterr().err
+    assert not os.path.exists("/tmp/clipedge-pwned") and not (tmp_path / "evil").exists()
