@@ -18,6 +18,16 @@ import numpy as np
 from .timing import time_runs
 
 
+def _row(engine: str, precision: str, batch: int, timing: dict) -> dict:
+    return {
+        "engine": engine,
+        "precision": precision,
+        "batch": batch,
+        **timing,
+        "img_per_s": round(batch * 1000 / timing["p50_ms"], 1),
+    }
+
+
 def torch_rows(checkpoint: str, batches: list[int], iters: int) -> list[dict]:
     import torch
     from transformers import CLIPModel
@@ -35,15 +45,7 @@ def torch_rows(checkpoint: str, batches: list[int], iters: int) -> list[dict]:
                 torch.cuda.synchronize()
 
             t = time_runs(run, warmup=5, iters=iters)
-            rows.append(
-                {
-                    "engine": "pytorch-eager",
-                    "precision": name,
-                    "batch": b,
-                    **t,
-                    "img_per_s": round(b * 1000 / t["p50_ms"], 1),
-                }
-            )
+            rows.append(_row("pytorch-eager", name, b, t))
     return rows
 
 
@@ -59,15 +61,7 @@ def ort_rows(bundle: str, batches: list[int], iters: int) -> list[dict]:
         for b in batches:
             x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
             t = time_runs(lambda s=sess, x=x: s.run(None, {"pixel_values": x}), warmup=5, iters=iters)
-            rows.append(
-                {
-                    "engine": "ort-cuda",
-                    "precision": precision,
-                    "batch": b,
-                    **t,
-                    "img_per_s": round(b * 1000 / t["p50_ms"], 1),
-                }
-            )
+            rows.append(_row("ort-cuda", precision, b, t))
             io = sess.io_binding()
             xv = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
             io.bind_ortvalue_input("pixel_values", xv)
@@ -78,15 +72,7 @@ def ort_rows(bundle: str, batches: list[int], iters: int) -> list[dict]:
                 io.synchronize_outputs()
 
             t = time_runs(run_bound, warmup=5, iters=iters)
-            rows.append(
-                {
-                    "engine": "ort-cuda-iobinding",
-                    "precision": precision,
-                    "batch": b,
-                    **t,
-                    "img_per_s": round(b * 1000 / t["p50_ms"], 1),
-                }
-            )
+            rows.append(_row("ort-cuda-iobinding", precision, b, t))
     return rows
 
 

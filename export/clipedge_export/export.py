@@ -7,6 +7,7 @@ variant passed validation: a failed, crashed or interrupted export never leaves 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -136,7 +137,7 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
     tok = src.load_tokenizer(ckpt)
     tok.save(str(tmp / "tokenizer.json"), pretty=False)
     spec = tokenizer_spec(tok, ckpt.folder, tcfg.max_position_embeddings)
-    spec = TokenizerSpec(**{**spec.__dict__, "sha256": file_entry(tmp, "tokenizer.json").sha256})
+    spec = dataclasses.replace(spec, sha256=file_entry(tmp, "tokenizer.json").sha256)
     arch = Architecture(
         embed_dim=config.projection_dim,
         image_size=vcfg.image_size,

@@ -8,7 +8,7 @@ see README "Export" and the export issue's closing note for the figures.
 - int8: dynamic quantisation of the fused graph (weights int8, activations quantised per batch at run time),
   chosen with `python -m bench.int8_recipes` on the trained demo model's held-out set and the ViT-B/32
   architecture (figures in README "Export"): signed int8 weights (the u8s8 path VNNI/AMX run fast; uint8
-  weights ran 1.75x slower); per-tensor (per-channel measured the same accuracy and speed, with a larger
+  weights ran 1.9x slower); per-tensor (per-channel measured the same accuracy and speed, with a larger
   graph); the patch-embedding Conv kept float (quantised, the image embedding's min cosine to fp32 fell
   from 0.9989 to 0.9931); the final projection MatMul of each tower kept float (one more image of 3,000
   agreed with fp32, +35 KB); the token-embedding table stored int8 behind the Gather (the demo bundle's

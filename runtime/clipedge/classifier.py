@@ -113,6 +113,10 @@ class ZeroShotClassifier:
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         return preprocess_batch(list(images), self.bundle.manifest.preprocess)
 
+    def prepare_image(self, source: ImageInput) -> np.ndarray:
+        """Decode one input with this classifier's policy and preprocess it: pixel_values [3, H, W]."""
+        return preprocess(load_image(source, self.decode_policy), self.bundle.manifest.preprocess)
+
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """Unit image embeddings float32 [N, D]; raises ImageError naming the first bad input."""
         decoded = load_images(images, self.decode_policy)

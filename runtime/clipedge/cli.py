@@ -354,7 +354,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from .batch.ray_engine import run_ray
 
-        summary = run_ray(args, clf, labels, out)
+        summary = run_ray(args, clf, groups, labels, out)
     else:
         summary = _run_local(args, clf, groups, labels, out, done_ids(out) if args.resume else set())
     for line in summary.errors[:10]:

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..classifier import ZeroShotClassifier, format_result
-from ..images import ImageError, load_image
+from ..images import ImageError
 from ..labels import LabelEmbeddings
-from ..preprocess import preprocess
 from .sinks import Writer
 from .sources import Group, Item, describe_ref
 
@@ -65,7 +64,7 @@ def prepare_item(clf: ZeroShotClassifier, item: Item) -> np.ndarray:
     """Decode + preprocess one item's image (raises ImageError naming it)."""
     if not item.image:
         raise ImageError("row has no image value")
-    return preprocess(load_image(item.image, clf.decode_policy), clf.bundle.manifest.preprocess)
+    return clf.prepare_image(item.image)
 
 
 def score_prepared(

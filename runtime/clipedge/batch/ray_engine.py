@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .local import Summary, prepare_item, score_prepared
+from .local import Summary, prepare_item, result_row, score_prepared
 from .sinks import OutputError, read_rows
-from .sources import Item, open_input
+from .sources import Group, Item
 
 SUFFIX = {"parquet": ".parquet", "jsonl": ".json", "csv": ".csv"}
 
@@ -84,8 +84,6 @@ class Scorer:
                 emb = self.clf.label_embeddings(list(labels), self.templates)
                 scored = score_prepared(self.clf, [items[k] for k in idx], prepared, emb, self.batch_size)
             else:
-                from .local import result_row
-
                 scored = [result_row(items[k], (), None, "no labels in the first row's text") for k in idx]
             for k, row in zip(idx, scored, strict=True):
                 rows[k] = row
@@ -95,12 +93,11 @@ class Scorer:
         return out
 
 
-def run_ray(args: Any, clf: Any, labels: Any, out: Path) -> Summary:
+def run_ray(args: Any, clf: Any, groups: list[Group], labels: Any, out: Path) -> Summary:
     import ray
 
     summary = Summary()
     start = time.perf_counter()
-    groups = open_input(args.input, args.image_column, args.id_column)
     skip = set()
     if args.resume and out.exists():
         skip = {str(r["id"]) for r in output_rows(out)}

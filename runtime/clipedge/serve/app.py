@@ -23,8 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..classifier import ZeroShotClassifier, softmax
 from ..fetch import FetchPolicy
-from ..images import DEFAULT_MAX_PIXELS, DecodePolicy, ImageError, load_image
-from ..preprocess import preprocess
+from ..images import DEFAULT_MAX_PIXELS, DecodePolicy, ImageError
 from ..templates import parse_labels
 from .batcher import DynamicBatcher, QueueFull
 from .contract import ApiError, Limits, check_labels, parse_score_request, score_response
@@ -81,11 +80,6 @@ class State:
         for n in sorted({1, c.max_batch}):  # warm up the shapes the batcher will use
             self.clf.encoder.embed_pixels(np.zeros((n, 3, h, w), dtype=np.float32), batch_size=n)
         self.clf.label_embeddings(["warm-up"], c.template)
-
-    def prepare(self, source: str | bytes) -> np.ndarray:
-        """Decode + preprocess one image (runs in the decode pool)."""
-        assert self.clf is not None
-        return preprocess(load_image(source, self.policy), self.clf.bundle.manifest.preprocess)
 
 
 def _error(status: int, code: str, message: str, row: int | None = None, headers: dict | None = None) -> JSONResponse:
@@ -170,7 +164,8 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     async def decode_all(sources: list[Any]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(state.decode_pool, state.prepare, s) for s in sources]
+        assert state.clf is not None
+        futures = [loop.run_in_executor(state.decode_pool, state.clf.prepare_image, s) for s in sources]
         results = await asyncio.gather(*futures, return_exceptions=True)
         for i, r in enumerate(results):
             if isinstance(r, ImageError):
