@@ -3,18 +3,32 @@
 # .whl*/ort.part*, split to fit the transfer limit). Runs: CUDA provider check, the GPU tests (fp16 and fp32
 # validated on CUDA at export), the full ViT-B/32 export (random weights) with CUDA validation, and the
 # GPU benchmark (PyTorch eager vs ONNX Runtime CUDA, fp32/fp16, IO binding). Results go to $OUT.
-# `bash bench/gpu_check.sh tests` runs the tests only.
+# `bash bench/gpu_check.sh tests` runs the tests only; `bash bench/gpu_check.sh bench` runs the unified
+# harness (`python -m bench`: PyTorch eager on CPU and CUDA, ONNX Runtime CPU / CUDA / TensorRT / OpenVINO
+# when each can run, all precisions) on the ViT-B/32 architecture; the OpenVINO plugin wheel, when carried
+# as .whl*/ov.part*, is installed too. Parts are split to fit the per-call transfer limit.
 set -uo pipefail
 OUT=${OUT:-/tmp/clipedge-gpu}
 mkdir -p "$OUT" /tmp/site
 cat .whl*/ort.part* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/onnxruntime_gpu-*.whl || exit 1
+if ls .whl*/ov.part* >/dev/null 2>&1; then
+  cat .whl*/ov.part* > /tmp/onnxruntime_ep_openvino-1.8.1-py3-none-manylinux_2_28_x86_64.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/onnxruntime_ep_openvino-*.whl
+fi
 SP=$(python3 -c "import site; print(site.getsitepackages()[0])")
 export LD_LIBRARY_PATH=$(find "$SP/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')${LD_LIBRARY_PATH:-}
 export PYTHONPATH=/tmp/site:$PWD/runtime:$PWD/export:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import onnxruntime as o, torch, transformers; print('ort', o.__version__, o.get_available_providers(), 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_export.py tests/test_classifier.py -x 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-400 | tee -a "$OUT/gpu.txt"
+if [ "${1:-all}" = bench ]; then
+  timeout 500 python3 -m bench --vitb32 --providers cpu,cuda,tensorrt,openvino --threads "$(nproc)" \
+    --iters 20 --min-seconds 1 --no-fidelity --cache /tmp/bench-cache --out "$OUT/gpu-run" 2>&1 |
+    grep -v Warning | tail -60
+  exit 0
+fi
 [ "${1:-all}" = tests ] && exit 0
 python3 -m clipedge_export.random_checkpoint /tmp/vitb32 --arch vit-b-32 >/dev/null 2>&1
 ( time python3 -m clipedge.cli export /tmp/vitb32 -o /tmp/b-vitb32 ) 2>&1 | grep -v Warning | tail -12 | tee "$OUT/export.txt"

@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,28 @@ def test_missing_precision_and_tampered_bundle(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match="does not match its sha256"):
         ZeroShotClassifier.load(b, precision="int8")
     ZeroShotClassifier.load(b, precision="fp32")  # only the precision in use is verified
+
+
+def test_thread_pools_in_fresh_processes(tiny_bundle):
+    """ "session" (library default) leaves other ONNX Runtime users alone; "shared" makes every later
+    clipedge session join the one process-wide pool, and results do not depend on the pool."""
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np, onnxruntime as ort
+from clipedge import ZeroShotClassifier
+from clipedge.providers import create_session
+img = "models/demo/examples/red_circle.png"
+a = ZeroShotClassifier.load({str(tiny_bundle)!r}, "fp32", "cpu")
+pa = a.classify([img], ["red", "blue"])[0]["probs"]
+ort.InferenceSession({str(tiny_bundle / "vision.fp32.onnx")!r}, providers=["CPUExecutionProvider"])
+b = ZeroShotClassifier.load({str(tiny_bundle)!r}, "fp32", "cpu", threads=1, thread_pool="shared")
+pb = b.classify([img], ["red", "blue"])[0]["probs"]
+late = create_session({str(tiny_bundle / "text.fp32.onnx")!r}, "cpu", pool="session")  # joins the shared pool
+assert np.allclose(pa, pb, atol=1e-6), (pa, pb)
+print("ok")
+"""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -2,10 +2,10 @@ import json
 import shutil
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from clipedge.bundle import load_bundle, sha256_file
 from clipedge.cli import main
+from clipedge.providers import create_session
 
 
 def _leftovers(parent):
@@ -30,6 +30,9 @@ def test_tiny_bundle_contents(tiny_bundle):
     applied = m["precisions"]["fp32"]["fusions"]["applied"]
     assert applied["vision"]["Attention"] == 2 and applied["text"]["Attention"] == 2  # 2 layers each
     assert applied["vision"]["SkipLayerNormalization"] >= 3
+    for tower in ("vision", "text"):
+        assert "SkipLayerNormalization" not in m["precisions"]["fp32"]["fusions"][tower]  # split (CPU speed)
+        assert m["precisions"]["fp16"]["fusions"][tower]["SkipLayerNormalization"] >= 3
     assert m["precisions"]["int8"]["fusions"]["vision"].get("ConvInteger", 0) == 0  # patch Conv kept float
     assert m["source"]["kind"] == "local" and m["source"]["weights"][0]["file"] == "model.safetensors"
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["tools"])
@@ -38,7 +41,7 @@ def test_tiny_bundle_contents(tiny_bundle):
 
 def test_fp16_keeps_float32_io(tiny_bundle):
     for tower in ("vision", "text"):
-        s = ort.InferenceSession(str(tiny_bundle / f"{tower}.fp16.onnx"), providers=["CPUExecutionProvider"])
+        s = create_session(tiny_bundle / f"{tower}.fp16.onnx", "cpu")
         assert s.get_outputs()[0].type == "tensor(float)"
         if tower == "vision":
             assert s.get_inputs()[0].type == "tensor(float)"
@@ -59,8 +62,8 @@ def test_text_pooling_matches_transformers(tmp_path, eos_token_id):
     assert model.config.text_config.eos_token_id == eos_token_id
     tok = CLIPTokenizer.from_pretrained(str(ckpt))
     texts = ["a photo of a cat", "a dog", "", "an aerial photograph of a small red house near a river"]
-    session = ort.InferenceSession(str(tmp_path / "b" / "text.fp32.onnx"), providers=["CPUExecutionProvider"])
-    fp16 = ort.InferenceSession(str(tmp_path / "b" / "text.fp16.onnx"), providers=["CPUExecutionProvider"])
+    session = create_session(tmp_path / "b" / "text.fp32.onnx", "cpu")
+    fp16 = create_session(tmp_path / "b" / "text.fp16.onnx", "cpu")
     for padding in ("longest", "max_length"):
         ids = tok(texts, padding=padding, max_length=77, return_tensors="np")["input_ids"].astype(np.int64)
         assert ids.max() == 49407 and (ids[:, -1] == 49407).all()

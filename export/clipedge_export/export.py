@@ -175,14 +175,18 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
         "text": prec.optimize(raw["text"], fused["text"], tcfg.num_attention_heads, tcfg.hidden_size),
     }
 
+    split = {t: work / f"{t}.fp32.split.onnx" for t in ("vision", "text")}
+    for t in ("vision", "text"):
+        prec.split_skip_layernorm(fused[t], split[t])
+
     files: dict[str, dict[str, Path]] = {}
     for p in wanted:
         files[p] = {t: tmp / f"{t}.{p}.onnx" for t in ("vision", "text")}
         for t in ("vision", "text"):
             if p == "fp32":
-                shutil.copyfile(fused[t], files[p][t])
+                shutil.copyfile(split[t], files[p][t])
             elif p == "int8":
-                prec.quantize_int8(fused[t], files[p][t])
+                prec.quantize_int8(split[t], files[p][t])
             else:
                 prec.convert_fp16(fused[t], files[p][t])
         log(f"built {p}")

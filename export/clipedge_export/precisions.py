@@ -4,7 +4,11 @@ Each recipe is data (it goes into the manifest as written here) and every choice
 see README "Export" and the export issue's closing note for the figures.
 
 - fp32: ONNX Runtime's transformer optimizer (model_type "clip", opt_level 0 so nothing EP-specific is baked
-  in) fuses attention, SkipLayerNorm and QuickGelu into the saved file.
+  in) fuses attention, SkipLayerNorm and QuickGelu; then each SkipLayerNormalization is split back into
+  Add + LayerNormalization, because ONNX Runtime's CPU SkipLayerNormalization kernel is slow: on the
+  ViT-B/32 int8 image tower it took 80 ms of 579 at batch 32, Add + LayerNormalization 19 ms (image
+  tower 60 -> 70 img/s, `python -m bench`). The optimizer only finds attention through the fused
+  SkipLayerNorm pattern, hence fuse first, split after.
 - int8: dynamic quantisation of the fused graph (weights int8, activations quantised per batch at run time),
   chosen with `python -m bench.int8_recipes` on the trained demo model's held-out set and the ViT-B/32
   architecture (figures in README "Export"): signed int8 weights (the u8s8 path VNNI/AMX run fast; uint8
@@ -13,7 +17,8 @@ see README "Export" and the export issue's closing note for the figures.
   from 0.9989 to 0.9931); the final projection MatMul of each tower kept float (one more image of 3,000
   agreed with fp32, +35 KB); the token-embedding table stored int8 behind the Gather (the demo bundle's
   int8 towers 4.6 MB instead of 14.1 MB, same accuracy).
-- fp16: the optimizer's own float16 conversion of the fused graph, inputs and outputs kept float32. Fused
+- fp16: the optimizer's own float16 conversion of the fused graph (SkipLayerNorm kept fused: fp16 is for
+  CUDA, whose kernel is fast), inputs and outputs kept float32. Fused
   Attention computes softmax, and (Skip)LayerNormalization mean/variance, in float32 inside the kernels;
   validation checks for NaN/inf on saturated images and long prompts.
 """
@@ -26,7 +31,7 @@ from typing import Any
 import onnx
 
 FP32_RECIPE: dict[str, Any] = {
-    "graph": "fused",
+    "graph": "fused, SkipLayerNormalization split into Add + LayerNormalization",
     "optimizer": "onnxruntime.transformers.optimizer model_type=clip opt_level=0",
 }
 INT8_RECIPE: dict[str, Any] = {
@@ -41,7 +46,7 @@ INT8_RECIPE: dict[str, Any] = {
 FP16_RECIPE: dict[str, Any] = {
     "method": "onnxruntime.transformers OnnxModel.convert_float_to_float16",
     "keep_io_types": True,
-    "source_graph": "fused fp32",
+    "source_graph": "fused fp32 with SkipLayerNormalization",
 }
 
 
@@ -56,6 +61,39 @@ def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str
     stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
     model.save_model_to_file(str(out))
     return stats
+
+
+def split_skip_layernorm(fused: Path, out: Path) -> int:
+    """Write `fused` with each SkipLayerNormalization as Add (+ bias Add) + LayerNormalization; returns how many.
+
+    Same arithmetic (LayerNorm of input + skip [+ bias]); the sum output, which feeds the next residual,
+    becomes the Add's output.
+    """
+    from onnx import helper
+
+    model = onnx.load(str(fused))
+    nodes, count = [], 0
+    for n in model.graph.node:
+        if n.op_type != "SkipLayerNormalization" or any(n.output[1:3]):  # mean / inv_std used: keep it
+            nodes.append(n)
+            continue
+        count += 1
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        inputs = list(n.input) + [""] * (5 - len(n.input))
+        total = n.output[3] if len(n.output) > 3 and n.output[3] else f"{n.name}_sum"
+        if inputs[4]:
+            nodes.append(helper.make_node("Add", inputs[:2], [f"{n.name}_residual"], name=f"{n.name}_add"))
+            nodes.append(helper.make_node("Add", [f"{n.name}_residual", inputs[4]], [total], name=f"{n.name}_bias"))
+        else:
+            nodes.append(helper.make_node("Add", inputs[:2], [total], name=f"{n.name}_add"))
+        ln_inputs = [total, inputs[2]] + ([inputs[3]] if inputs[3] else [])
+        nodes.append(
+            helper.make_node("LayerNormalization", ln_inputs, [n.output[0]], name=f"{n.name}_ln", axis=-1, epsilon=eps)
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return count
 
 
 def quantize_int8(fp32: Path, out: Path) -> None:

@@ -86,12 +86,15 @@ class ZeroShotClassifier:
         decode_policy: DecodePolicy | None = None,
         cache_size: int = 16384,
         fast_jpeg: bool = False,
+        thread_pool: str = "session",
     ) -> ZeroShotClassifier:
         """Load a bundle folder. precision: "auto", "fp32", "int8" or "fp16"; provider: "auto", "cpu",
         "cuda" or an ONNX Runtime provider list; strict: a requested provider that is not in effect is an
         error (else a warning); verify: check the files' sha256 against the manifest; fast_jpeg: let
         libjpeg decode large JPEGs at 1/2..1/8 scale (3-10x faster decoding, embeddings change slightly:
-        see README)."""
+        see README); thread_pool: "session" (default: plays well with other ONNX Runtime users in the
+        process) or "shared" (one spinning process-wide pool: lowest latency, for processes that only
+        run clipedge; see clipedge.providers.session_options)."""
         bundle = load_bundle(path, verify=False)
         decode_policy = decode_policy or DecodePolicy()
         if fast_jpeg:
@@ -101,7 +104,7 @@ class ZeroShotClassifier:
         bundle.variant(precision)
         if verify:
             bundle.verify(precision)
-        encoder = ClipEncoder(bundle, precision, provider, threads, strict)
+        encoder = ClipEncoder(bundle, precision, provider, threads, strict, thread_pool)
         tokenizer = ClipTokenizer(bundle.path / bundle.manifest.tokenizer.file, bundle.manifest.tokenizer)
         return cls(bundle, encoder, tokenizer, decode_policy, LabelCache(cache_size))
 

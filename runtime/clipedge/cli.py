@@ -79,6 +79,7 @@ def _load_classifier(args: argparse.Namespace):
         precision=args.precision,
         provider=args.provider,
         threads=args.threads,
+        thread_pool=args.thread_pool,
         strict=not args.provider_fallback,
         decode_policy=policy,
         fast_jpeg=getattr(args, "fast_jpeg", False),
@@ -159,6 +160,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider-fallback", action="store_true",
                    help="warn instead of failing when the requested provider is not in effect")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    _add_pool_arg(p)
+
+
+def _add_pool_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--thread-pool", default="shared", choices=["shared", "session", "session-spin"],
+                   help="ONNX Runtime threads: shared (default; one spinning pool for the process, "
+                        "lowest latency) or session (a non-spinning pool per session)")  # fmt: skip
 
 
 def _add_label_args(p: argparse.ArgumentParser) -> None:
@@ -254,6 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             provider=args.provider,
             threads=args.threads,
             limit_per_class=args.limit_per_class,
+            thread_pool=args.thread_pool,
         )
     except (BundleError, ProviderError, ValueError) as e:
         return _fail(str(e))
@@ -270,6 +279,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precisions", default=None, help="comma-separated (default: all the bundle has)")
     p.add_argument("--provider", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_pool_arg(p)
     p.add_argument("--limit-per-class", type=int, default=None, help="use at most N images per class")
     p.add_argument("--json", action="store_true")
     _add_template_args(p)
@@ -294,6 +304,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         precision=args.precision,
         provider=args.provider,
         threads=args.threads,
+        thread_pool=args.thread_pool,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.queue_size,

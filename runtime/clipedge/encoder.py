@@ -28,13 +28,14 @@ class ClipEncoder:
         provider: ProviderSpec = "auto",
         threads: int | None = None,
         strict: bool = True,
+        pool: str = "session",
     ):
         bundle.variant(precision)  # clear error for a precision the bundle lacks
         self.bundle, self.precision = bundle, precision
-        self._provider, self._threads, self._strict = provider, threads, strict
+        self._provider, self._threads, self._strict, self._pool = provider, threads, strict, pool
         towers = bundle.manifest.towers
         self._vision_io, self._text_io = towers["vision"], towers["text"]
-        self._vision = create_session(bundle.tower_path(precision, "vision"), provider, threads, strict)
+        self._vision = create_session(bundle.tower_path(precision, "vision"), provider, threads, strict, pool)
         self._text = None
         self._text_lock = threading.Lock()
 
@@ -46,7 +47,7 @@ class ClipEncoder:
         with self._text_lock:
             if self._text is None:
                 path = self.bundle.tower_path(self.precision, "text")
-                self._text = create_session(path, self._provider, self._threads, self._strict)
+                self._text = create_session(path, self._provider, self._threads, self._strict, self._pool)
         return self._text
 
     def embed_pixels(self, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:

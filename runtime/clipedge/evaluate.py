@@ -30,6 +30,7 @@ class EvalReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     accuracy: dict[str, float] = field(default_factory=dict)
     agreement_with_fp32: dict[str, float] = field(default_factory=dict)
+    cosine_to_fp32: dict[str, dict[str, float]] = field(default_factory=dict)  # image embeddings: min, mean
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,6 +41,7 @@ class EvalReport:
             "failed": [{"file": f, "error": e} for f, e in self.failed],
             "top1_accuracy": self.accuracy,
             "top1_agreement_with_fp32": self.agreement_with_fp32,
+            "image_cosine_to_fp32": self.cosine_to_fp32,
             "vision_seconds": self.seconds,
         }
 
@@ -72,17 +74,19 @@ def evaluate(
     provider: ProviderSpec = "cpu",
     threads: int | None = None,
     chunk: int = 256,
+    thread_pool: str = "session",
     limit_per_class: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Top-1 accuracy per precision (all the bundle has by default) and top-1 agreement with fp32."""
     classes, paths, targets = image_folder(dataset, limit_per_class)
     names = list(precisions or load_bundle(bundle, verify=False).manifest.precisions)
-    clfs = {p: ZeroShotClassifier.load(bundle, p, provider, threads) for p in names}
+    clfs = {p: ZeroShotClassifier.load(bundle, p, provider, threads, thread_pool=thread_pool) for p in names}
     first = clfs[names[0]]
     labels = {p: c.label_embeddings(classes, templates) for p, c in clfs.items()}
     report = EvalReport(str(dataset), classes, len(paths))
     preds: dict[str, list[np.ndarray]] = {p: [] for p in names}
+    cosines: dict[str, list[np.ndarray]] = {p: [] for p in names if p != "fp32"}
     kept: list[int] = []
     spec = first.bundle.manifest.preprocess
     for start in range(0, len(paths), chunk):
@@ -98,11 +102,15 @@ def evaluate(
         if not ok:
             continue
         stacked = np.stack(pixels)
+        embs = {}
         for p, clf in clfs.items():
             t0 = time.perf_counter()
-            emb = clf.encoder.embed_pixels(stacked, batch_size=64)
+            embs[p] = emb = clf.encoder.embed_pixels(stacked, batch_size=64)
             report.seconds[p] = report.seconds.get(p, 0.0) + time.perf_counter() - t0
             preds[p].append((emb @ labels[p].embeddings.T).argmax(axis=1))
+        if "fp32" in embs:
+            for p in cosines:
+                cosines[p].append((embs[p] * embs["fp32"]).sum(axis=1))
         kept += ok
         if progress:
             progress(min(start + chunk, len(paths)), len(paths))
@@ -112,17 +120,23 @@ def evaluate(
         report.accuracy[p] = float((pred == y).mean()) if len(y) else float("nan")
         if "fp32" in preds and p != "fp32" and len(y):
             report.agreement_with_fp32[p] = float((pred == np.concatenate(preds["fp32"])).mean())
+            cos = np.concatenate(cosines[p])
+            report.cosine_to_fp32[p] = {"min": float(cos.min()), "mean": float(cos.mean())}
     return report
 
 
 def format_report(report: EvalReport) -> str:
     lines = [
         f"{report.dataset}: {len(report.classes)} classes, {report.images} images, {len(report.failed)} failed",
-        f"{'precision':<10} {'top-1':>7} {'agree fp32':>11} {'vision img/s':>13}",
+        f"{'precision':<10} {'top-1':>7} {'agree fp32':>11} {'min cos fp32':>13} {'vision img/s':>13}",
     ]
     scored = report.images - len(report.failed)
     for p, acc in report.accuracy.items():
         agree = report.agreement_with_fp32.get(p)
+        cos = report.cosine_to_fp32.get(p, {}).get("min")
         rate = scored / report.seconds[p] if report.seconds.get(p) else float("nan")
-        lines.append(f"{p:<10} {acc * 100:6.2f}% {'' if agree is None else f'{agree * 100:10.2f}%':>11} {rate:13.1f}")
+        lines.append(
+            f"{p:<10} {acc * 100:6.2f}% {'' if agree is None else f'{agree * 100:10.2f}%':>11} "
+            f"{'' if cos is None else f'{cos:.6f}':>13} {rate:13.1f}"
+        )
     return "\n".join(lines)

@@ -63,8 +63,8 @@ class Scorer:
     ):
         from ..classifier import ZeroShotClassifier
 
-        self.clf = ZeroShotClassifier.load(
-            bundle, precision=precision, provider=provider, threads=threads, decode_policy=policy
+        self.clf = ZeroShotClassifier.load(  # an actor owns its process: the shared, spinning pool
+            bundle, precision=precision, provider=provider, threads=threads, decode_policy=policy, thread_pool="shared"
         )
         self.templates, self.batch_size = templates, batch_size
 

@@ -40,6 +40,7 @@ class ServeConfig:
     precision: str = "auto"
     provider: str = "auto"
     threads: int | None = None
+    thread_pool: str = "shared"  # the server owns its process (clipedge.providers.session_options)
     max_batch: int = 32
     max_wait_ms: float = 0.0
     max_queue: int = 256
@@ -74,7 +75,12 @@ class State:
     def load(self) -> None:
         c = self.config
         self.clf = ZeroShotClassifier.load(
-            c.bundle, precision=c.precision, provider=c.provider, threads=c.threads, decode_policy=self.policy
+            c.bundle,
+            precision=c.precision,
+            provider=c.provider,
+            threads=c.threads,
+            thread_pool=c.thread_pool,
+            decode_policy=self.policy,
         )
         h, w = self.clf.bundle.manifest.preprocess.crop_size
         for n in sorted({1, c.max_batch}):  # warm up the shapes the batcher will use
