@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# For the lent GPU machine (python3 there has torch + transformers; onnxruntime-gpu comes as a wheel in
-# .whl*/ort.part*, split to fit the transfer limit). Runs: CUDA provider check, the GPU tests (fp16 and fp32
-# validated on CUDA at export), the full ViT-B/32 export (random weights) with CUDA validation, and the
-# GPU benchmark (PyTorch eager vs ONNX Runtime CUDA, fp32/fp16, IO binding). Results go to $OUT.
-# `bash bench/gpu_check.sh tests` runs the tests only; `bash bench/gpu_check.sh bench` runs the unified
-# harness (`python -m bench`: PyTorch eager on CPU and CUDA, ONNX Runtime CPU / CUDA / TensorRT / OpenVINO
-# when each can run, all precisions) on the ViT-B/32 architecture; the OpenVINO plugin wheel, when carried
-# as .whl*/ov.part*, is installed too. Parts are split to fit the per-call transfer limit.
+# For the lent GPU machine: python3 there has torch (CUDA) + transformers; onnxruntime-gpu comes as a wheel
+# split into .whl*/ort.part* (and, optionally, the OpenVINO plugin EP as .whl*/ov.part*), parts small enough
+# for the per-call transfer limit. Runs the GPU tests (CUDA really in effect, CPU/CUDA agreement, fp32 and
+# fp16 validated on CUDA at export), then the unified harness (`python -m bench`) on the ViT-B/32
+# architecture with random weights: PyTorch eager on CPU and CUDA, ONNX Runtime on CPU, CUDA (with and
+# without IO binding), TensorRT and OpenVINO where each can run, every precision. Results go to $OUT.
+# `bash bench/gpu_check.sh tests` runs the tests only. Render the README section here afterwards with
+# `python -m bench.report RUN/report.json --readme README.md --section gpu`.
 set -uo pipefail
 OUT=${OUT:-/tmp/clipedge-gpu}
 mkdir -p "$OUT" /tmp/site
@@ -22,15 +22,8 @@ export PYTHONPATH=/tmp/site:$PWD/runtime:$PWD/export:$PWD PYTHONUNBUFFERED=1 HF_
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import onnxruntime as o, torch, transformers; print('ort', o.__version__, o.get_available_providers(), 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_export.py tests/test_classifier.py -x 2>&1 | tail -15 | tee "$OUT/pytest.txt"
-lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-400 | tee -a "$OUT/gpu.txt"
-if [ "${1:-all}" = bench ]; then
-  timeout 500 python3 -m bench --vitb32 --providers cpu,cuda,tensorrt,openvino --threads "$(nproc)" \
-    --iters 20 --min-seconds 1 --no-fidelity --cache /tmp/bench-cache --out "$OUT/gpu-run" 2>&1 |
-    grep -v Warning | tail -60
-  exit 0
-fi
 [ "${1:-all}" = tests ] && exit 0
-python3 -m clipedge_export.random_checkpoint /tmp/vitb32 --arch vit-b-32 >/dev/null 2>&1
-( time python3 -m clipedge.cli export /tmp/vitb32 -o /tmp/b-vitb32 ) 2>&1 | grep -v Warning | tail -12 | tee "$OUT/export.txt"
-cp /tmp/b-vitb32/manifest.json "$OUT/manifest-vitb32.json" 2>/dev/null
-timeout 240 python3 -m bench.gpu --checkpoint /tmp/vitb32 --bundle /tmp/b-vitb32 --iters 40 --json "$OUT/gpu_bench.json" 2>&1 | grep -v Warning | tail -30
+lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-400 | tee -a "$OUT/gpu.txt"
+timeout 500 python3 -m bench --vitb32 --providers cpu,cuda,tensorrt,openvino --threads "$(nproc)" \
+  --iters 20 --min-seconds 1 --no-fidelity --cache /tmp/bench-cache --out "$OUT/gpu-run" 2>&1 |
+  grep -v Warning | tail -60

@@ -1,4 +1,7 @@
-"""Which int8 recipe: dynamic-quantisation variants of a bundle's fused fp32 towers, measured side by side.
+"""Which int8 recipe: quantisation variants of a bundle's fp32 towers, measured side by side.
+
+Dynamic-quantisation variants of the shipped recipe, and two other methods measured and not adopted:
+static int8 in QDQ form (calibrated on dataset images and the class prompts) and weight-only MatMulNBits.
 
     python -m bench.int8_recipes --bundle models/demo --dataset HELDOUT_DIR [--speed-bundle BUNDLE]
 
@@ -24,15 +27,24 @@ VARIANTS = {
     "... uint8 weights": {"weight_type": "QUInt8"},
     "... Conv quantised too": {"op_types": ["MatMul", "Attention", "Gather", "Conv"]},
     "... token table float (no Gather)": {"op_types": ["MatMul", "Attention"]},
+    # other methods, measured and not adopted (README "Benchmarks"):
+    "static int8, QDQ, calibrated on 32 dataset images + the class prompts": {"method": "static"},
+    "weight-only MatMulNBits 8-bit, int8 compute (accuracy level 4)": {"method": "nbits", "bits": 8},
+    "weight-only MatMulNBits 4-bit, int8 compute (accuracy level 4)": {"method": "nbits", "bits": 4},
 }
 
 
-def quantize(src: Path, dst: Path, opts: dict) -> None:
+def quantize(src: Path, dst: Path, opts: dict, calibration: dict[str, np.ndarray] | None = None) -> None:
+    """Quantise one tower. `calibration`: input name -> a batch of real inputs (static method only)."""
     import onnx
     from clipedge_export.precisions import INT8_RECIPE, output_projections
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = output_projections(src) if opts.get("exclude_projection") else []
+    if opts.get("method") == "static":
+        return quantize_static_qdq(src, dst, calibration or {})
+    if opts.get("method") == "nbits":
+        return quantize_nbits(src, dst, opts["bits"])
     quantize_dynamic(
         str(src),
         str(dst),
@@ -43,6 +55,53 @@ def quantize(src: Path, dst: Path, opts: dict) -> None:
         nodes_to_exclude=exclude,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+def quantize_static_qdq(src: Path, dst: Path, calibration: dict[str, np.ndarray]) -> None:
+    """QDQ static int8 of the MatMuls with a weight (not the projection, not activation x activation)."""
+    import onnx
+    from clipedge_export.precisions import output_projections
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    name = graph.input[0].name
+    weights = {i.name for i in graph.initializer}
+    skip = set(output_projections(src))
+    skip |= {n.name for n in graph.node if n.op_type == "MatMul" and not set(n.input) & weights}
+    rows = calibration[name]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: rows[i : i + 1]} for i in range(len(rows))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=sorted(skip),
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def quantize_nbits(src: Path, dst: Path, bits: int) -> None:
+    import onnx
+    from clipedge_export.precisions import output_projections
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    block = 128 if bits == 8 else 32
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=bits)
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(src)), nodes_to_exclude=output_projections(src), algo_config=config, accuracy_level=4
+    )
+    q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,11 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     ref_pred = (ref_img @ ref_txt.T).argmax(1)
     rows = [{"variant": "fp32", "top1": float((ref_pred == targets).mean())}]
     speed_src = load_bundle(args.speed_bundle, verify=False).tower_path("fp32", "vision") if args.speed_bundle else None
+    calibration = {"pixel_values": pixels[:: max(1, len(pixels) // 32)][:32], "input_ids": ids}
     with tempfile.TemporaryDirectory() as tmp:
         for name, opts in VARIANTS.items():
             v, t = Path(tmp) / "v.onnx", Path(tmp) / "t.onnx"
-            quantize(bundle.tower_path("fp32", "vision"), v, opts)
-            quantize(bundle.tower_path("fp32", "text"), t, opts)
+            quantize(bundle.tower_path("fp32", "vision"), v, opts, calibration)
+            quantize(bundle.tower_path("fp32", "text"), t, opts, calibration)
             img, txt = run(v, t)
             pred = (img @ txt.T).argmax(1)
             row = {
@@ -99,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
             }
             if speed_src is not None:
                 sv = Path(tmp) / "speed.onnx"
-                quantize(speed_src, sv, opts)
+                noise = np.random.default_rng(1).standard_normal((8, 3, 224, 224)).astype(np.float32)
+                quantize(speed_src, sv, opts, {"pixel_values": noise})  # speed does not depend on the scales
                 s = ort.InferenceSession(str(sv), providers=["CPUExecutionProvider"])
                 x = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
                 b32 = time_runs(lambda s=s, x=x: s.run(None, {"pixel_values": x}), warmup=2, iters=8)

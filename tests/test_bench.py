@@ -122,3 +122,16 @@ def test_update_readme_needs_markers(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="bench:gpu:start"):
         update_readme(readme, "gpu", "x\n")
+
+
+def test_ceiling_counts_and_profiles(tiny_bundle):
+    from bench.ceiling import matmul_rate, profile, vision_gop_per_image
+
+    vitb32 = {"vision_width": 768, "vision_layers": 12, "patch_size": 32, "image_size": 224, "embed_dim": 512}
+    assert vision_gop_per_image(vitb32) == pytest.approx(8.82, abs=0.01)  # the known ViT-B/32 figure
+    assert matmul_rate("int8", 64, 64, 256, threads=1, seconds=0.1) > 0.01
+    from clipedge.bundle import load_bundle
+
+    side = load_bundle(tiny_bundle, verify=False).manifest.architecture.image_size
+    ops = profile(tiny_bundle / "vision.int8.onnx", batch=2, side=side, threads=1, runs=2)
+    assert any("MatMul" in op for op in ops) and all(ms >= 0 for ms in ops.values())
