@@ -41,10 +41,11 @@ def matmul_rate(kind: str, m: int, k: int, n: int, threads: int | None, seconds:
         x = rng.standard_normal((m, k)).astype(np.float32)
     graph = helper.make_graph([node], "g", [a], [y], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from clipedge.providers import session_options
+
+    session = ort.InferenceSession(  # clipedge's options: this joins the shared pool where one exists
+        model.SerializeToString(), session_options(threads, "session"), providers=["CPUExecutionProvider"]
+    )
     for _ in range(3):
         session.run(None, {"A": x})
     runs, start = 0, time.perf_counter()
