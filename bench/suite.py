@@ -131,26 +131,33 @@ def plan(
 
 
 def run_worker(args: Sequence[str], timeout: float = 1800) -> tuple[dict[str, Any], float]:
-    """Run `python -m bench.worker ARGS`; (its result, seconds from spawn to the result line)."""
+    """Run `python -m bench.worker ARGS`; (its result, seconds from spawn to the result line).
+
+    stderr goes to a file, not a pipe: a chatty child (progress bars, provider logs) cannot fill a pipe
+    nobody reads and stall the run."""
+    import tempfile
+
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.worker", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
-    )
-    assert proc.stdout is not None
-    result, seen = None, 0.0
-    for line in proc.stdout:
-        if line.startswith("RESULT "):
-            seen = time.perf_counter() - t0
-            result = json.loads(line[len("RESULT ") :])
-    _, err = proc.communicate(timeout=timeout)
-    if proc.returncode != 0 or result is None:
-        tail = (err or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        raise RuntimeError(tail[0])
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
+        assert proc.stdout is not None
+        result, seen = None, 0.0
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                seen = time.perf_counter() - t0
+                result = json.loads(line[len("RESULT ") :])
+        proc.wait(timeout=timeout)
+        if proc.returncode != 0 or result is None:
+            err.seek(0)
+            tail = err.read().strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            raise RuntimeError(tail[0])
     return result, seen
 
 

@@ -135,3 +135,10 @@ def test_ceiling_counts_and_profiles(tiny_bundle):
     side = load_bundle(tiny_bundle, verify=False).manifest.architecture.image_size
     ops = profile(tiny_bundle / "vision.int8.onnx", batch=2, side=side, threads=1, runs=2)
     assert any("MatMul" in op for op in ops) and all(ms >= 0 for ms in ops.values())
+
+
+def test_worker_failure_names_the_problem(tmp_path):
+    from bench.suite import run_worker
+
+    with pytest.raises(RuntimeError, match="nope"):
+        run_worker(["time", "--bundle", str(tmp_path / "nope"), "--batches", "1"], timeout=120)
