@@ -94,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    unknown = [x for x in args.providers if x not in PROVIDERS]
+    if unknown:
+        p.error(f"unknown provider {', '.join(unknown)} (choose from {', '.join(PROVIDERS)})")
+    bad = [x for x in args.pools if x not in POOLS]
+    if bad:
+        p.error(f"unknown thread pool {', '.join(bad)} (choose from {', '.join(POOLS)})")
+    if len(args.checkpoint) > len(args.bundle):
+        p.error("more --checkpoint than --bundle (give them in pairs, same order)")
+    if args.heldout and not Path(args.heldout).is_dir():
+        p.error(f"--heldout {args.heldout}: no such folder")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     has_torch = importlib.util.find_spec("torch") is not None
@@ -104,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         models[-1].note = "trained demo model shipped in models/demo"
     if args.vitb32 or (has_torch and not (args.bundle or args.demo)):
         models.append(build_vitb32(cache, log))
-    unknown = [x for x in args.providers if x not in PROVIDERS]
-    if unknown:
-        p.error(f"unknown provider {', '.join(unknown)} (choose from {', '.join(PROVIDERS)})")
     heldout = None
     if not args.no_fidelity:
         heldout = Path(args.heldout) if args.heldout else heldout_set(cache, args.heldout_per_class)
@@ -120,11 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "cold": not args.no_cold,
         "all_pairs": args.all_pairs,
         "heldout": str(heldout or ""),
-        "heldout_per_class": None,
+        "heldout_per_class": None if args.heldout else args.heldout_per_class,
     }
-    bad = [x for x in args.pools if x not in POOLS]
-    if bad:
-        p.error(f"unknown thread pool {', '.join(bad)} (choose from {', '.join(POOLS)})")
     image = ROOT / "models" / "demo" / "examples" / "red_circle.png"
     report = run(models, args.providers, args.precisions, args.threads, args.pools, opts, heldout, image, log)
 

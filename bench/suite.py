@@ -106,7 +106,7 @@ def plan(
         have = load_bundle(m.bundle, verify=False).manifest.precisions
         if baseline:
             eager = [Variant(m.name, "pytorch-eager", "cpu", "fp32", t) for t in threads]
-            if "cuda" in providers and not avail["cuda"]:
+            if {"cuda", "tensorrt"} & set(providers) and not avail["cuda"]:
                 eager += [Variant(m.name, "pytorch-eager", "cuda", p, None) for p in ("fp32", "fp16")]
             for v in eager:
                 if not torch_ok:
@@ -133,11 +133,13 @@ def plan(
 def run_worker(args: Sequence[str], timeout: float = 1800) -> tuple[dict[str, Any], float]:
     """Run `python -m bench.worker ARGS`; (its result, seconds from spawn to the result line).
 
-    stderr goes to a file, not a pipe: a chatty child (progress bars, provider logs) cannot fill a pipe
-    nobody reads and stall the run."""
+    stderr goes to a file, not a pipe (a chatty child cannot fill a pipe nobody reads); stdout is read
+    in a thread so that a worker stuck past `timeout` is killed instead of stalling the run."""
     import tempfile
+    import threading
 
     t0 = time.perf_counter()
+    found: dict[str, Any] = {}
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", *args],
@@ -147,18 +149,29 @@ def run_worker(args: Sequence[str], timeout: float = 1800) -> tuple[dict[str, An
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
         )
-        assert proc.stdout is not None
-        result, seen = None, 0.0
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                seen = time.perf_counter() - t0
-                result = json.loads(line[len("RESULT ") :])
-        proc.wait(timeout=timeout)
-        if proc.returncode != 0 or result is None:
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    found["seen"] = time.perf_counter() - t0
+                    found["result"] = json.loads(line[len("RESULT ") :])
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"worker killed after {timeout:.0f} s") from None
+        finally:
+            reader.join(timeout=10)
+        if proc.returncode != 0 or "result" not in found:
             err.seek(0)
             tail = err.read().strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
             raise RuntimeError(tail[0])
-    return result, seen
+    return found["result"], found["seen"]
 
 
 def measure(v: Variant, m: Model, opts: dict[str, Any], image: Path, log: Callable[[str], None]) -> None:
@@ -182,14 +195,19 @@ def measure(v: Variant, m: Model, opts: dict[str, Any], image: Path, log: Callab
     log(f"{m.name}: {v.label}" + (f", {v.threads} threads" if v.threads else ""))
     try:
         v.result, _ = run_worker(["time", *src, *common, *timing])
-        # cold start on the CPU, and for ONNX Runtime on CUDA (not per IO-binding variant)
-        gpu_ort = (v.engine, v.provider, v.iobinding) == ("onnxruntime", "cuda", False)
-        if opts["cold"] and (v.provider == "cpu" or gpu_ort):
-            cold, seen = run_worker(["cold", *src, *common, "--image", str(image)])
-            v.result["cold"] = {**cold, "process_start_to_result_s": round(seen, 3)}
     except Exception as e:
         v.skipped = f"failed: {e}"
         log(f"  {v.skipped}")
+        return
+    # cold start on the CPU, and for ONNX Runtime on CUDA (not per IO-binding variant)
+    gpu_ort = (v.engine, v.provider, v.iobinding) == ("onnxruntime", "cuda", False)
+    if opts["cold"] and (v.provider == "cpu" or gpu_ort):
+        try:
+            cold, seen = run_worker(["cold", *src, *common, "--image", str(image)])
+            v.result["cold"] = {**cold, "process_start_to_result_s": round(seen, 3)}
+        except Exception as e:  # the timings stand; the report shows the cold start as missing
+            v.result["cold_error"] = str(e)
+            log(f"  cold start failed: {e}")
 
 
 def fidelity(m: Model, heldout: Path, provider: str, per_class: int | None) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def test_targets_table_judges_vitb32_only():
     h = headline(report, "b", "b")
     assert h["latency_b1_x_eager"] == 6.0 and h["int8_cold_start_s"] == 1.5
     text = markdown(report)
-    assert "| latency_b1_x_eager >= 5 | 6 (ort cpu int8) | yes |" in text
+    assert "| latency_b1_x_eager >= 5 | 6 (ort cpu int8, 2 threads) | yes |" in text
     assert "| int8_cold_start_s <= 1 | 1.5 | **no** |" in text
     report["models"]["b"]["architecture"] = {"vision_width": 64}
     assert "| target |" not in markdown(report)  # targets are for the ViT-B/32 architecture
@@ -142,3 +142,15 @@ def test_worker_failure_names_the_problem(tmp_path):
 
     with pytest.raises(RuntimeError, match="nope"):
         run_worker(["time", "--bundle", str(tmp_path / "nope"), "--batches", "1"], timeout=120)
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+    for args, message in (
+        (["--providers", "cpu,tpu"], "unknown provider tpu"),
+        (["--pools", "huge"], "unknown thread pool huge"),
+        (["--bundle", "x", "--checkpoint", "a", "--checkpoint", "b"], "more --checkpoint than --bundle"),
+    ):
+        cmd = [sys.executable, "-m", "bench", *args, "--cache", str(tmp_path / "cache")]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr
+        assert not (tmp_path / "cache").exists()  # nothing built

@@ -78,7 +78,7 @@ def split_skip_layernorm(fused: Path, out: Path) -> int:
             nodes.append(n)
             continue
         count += 1
-        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)  # the contrib op's default
         inputs = list(n.input) + [""] * (5 - len(n.input))
         total = n.output[3] if len(n.output) > 3 and n.output[3] else f"{n.name}_sum"
         if inputs[4]:

@@ -166,7 +166,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_pool_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thread-pool", default="shared", choices=["shared", "session", "session-spin"],
                    help="ONNX Runtime threads: shared (default; one spinning pool for the process, "
-                        "lowest latency) or session (a non-spinning pool per session)")  # fmt: skip
+                        "lowest latency), session (a non-spinning pool per session) or session-spin")  # fmt: skip
 
 
 def _add_label_args(p: argparse.ArgumentParser) -> None:

@@ -74,9 +74,9 @@ def evaluate(
     provider: ProviderSpec = "cpu",
     threads: int | None = None,
     chunk: int = 256,
-    thread_pool: str = "session",
     limit_per_class: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    thread_pool: str = "session",
 ) -> EvalReport:
     """Top-1 accuracy per precision (all the bundle has by default) and top-1 agreement with fp32."""
     classes, paths, targets = image_folder(dataset, limit_per_class)

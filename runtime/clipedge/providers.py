@@ -9,6 +9,7 @@ error (or, with strict=False, a loud warning).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def resolve_providers(provider: ProviderSpec = "auto") -> list[str | tuple[str, 
 
 POOLS = ("shared", "session", "session-spin")
 _shared_pool: dict[str, int | None] = {}  # set by the first shared-pool session of the process
+# Held while choosing a pool and creating a session: a per-session session must not be created after
+# another thread made the shared pool between the choice and the creation (ONNX Runtime would refuse it).
+_pool_lock = threading.RLock()
 
 
 def _shared_pool_threads(threads: int | None) -> int | None:
@@ -74,6 +78,8 @@ def _shared_pool_threads(threads: int | None) -> int | None:
         try:
             ort.set_global_thread_pool_sizes(int(threads or 0), 1)  # 0: one thread per physical core
         except Exception as e:  # created already in this process by other code: use it as it is
+            if "already" not in str(e):
+                raise
             log.info("ONNX Runtime's global thread pool exists already (%s); sharing it", e)
         _shared_pool["threads"] = threads
     elif threads != _shared_pool["threads"]:
@@ -100,6 +106,11 @@ def session_options(threads: int | None = None, pool: str = "session") -> ort.Se
     """
     if pool not in POOLS:
         raise ValueError(f"unknown thread pool {pool!r} (choose from {', '.join(POOLS)})")
+    with _pool_lock:
+        return _options(threads, pool)
+
+
+def _options(threads: int | None, pool: str) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if pool == "shared" or _shared_pool:
@@ -123,12 +134,14 @@ def create_session(
     """An InferenceSession on the resolved providers, checked to really run on the first one requested."""
     providers = resolve_providers(provider)
     auto = isinstance(provider, str) and provider.lower() == "auto"
-    session = ort.InferenceSession(str(path), session_options(threads, pool), providers=providers)
+    with _pool_lock:
+        session = ort.InferenceSession(str(path), session_options(threads, pool), providers=providers)
     wanted, active = _name(providers[0]), session.get_providers()
     if wanted not in active:
         if auto:
             log.info("CUDA is offered by onnxruntime but could not start; running on %s", active[0])
-            return ort.InferenceSession(str(path), session_options(threads, pool), providers=ALIASES["cpu"])
+            with _pool_lock:
+                return ort.InferenceSession(str(path), session_options(threads, pool), providers=ALIASES["cpu"])
         message = (
             f"{Path(path).name}: requested {wanted} is not in effect (running on {', '.join(active)}); "
             "check the CUDA/cuDNN libraries, or ask for provider='cpu'"

@@ -59,12 +59,25 @@ class Scorer:
     """A Ray Data actor: one classifier, fed batches of {"id", "image", "labels"} rows."""
 
     def __init__(
-        self, bundle: str, precision: str, provider: str, threads: int, policy: Any, templates: Any, batch_size: int
+        self,
+        bundle: str,
+        precision: str,
+        provider: str,
+        threads: int,
+        policy: Any,
+        templates: Any,
+        batch_size: int,
+        thread_pool: str = "shared",  # an actor owns its process
     ):
         from ..classifier import ZeroShotClassifier
 
-        self.clf = ZeroShotClassifier.load(  # an actor owns its process: the shared, spinning pool
-            bundle, precision=precision, provider=provider, threads=threads, decode_policy=policy, thread_pool="shared"
+        self.clf = ZeroShotClassifier.load(
+            bundle,
+            precision=precision,
+            provider=provider,
+            threads=threads,
+            decode_policy=policy,
+            thread_pool=thread_pool,
         )
         self.templates, self.batch_size = templates, batch_size
 
@@ -124,6 +137,7 @@ def run_ray(args: Any, clf: Any, groups: list[Group], labels: Any, out: Path) ->
             "precision": clf.precision,
             "provider": args.provider,
             "threads": int(cpus),
+            "thread_pool": getattr(args, "thread_pool", "shared"),
             "policy": clf.decode_policy,
             "templates": templates,
             "batch_size": args.batch_size,
