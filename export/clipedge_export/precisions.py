@@ -6,8 +6,8 @@ see README "Export" and the export issue's closing note for the figures.
 - fp32: ONNX Runtime's transformer optimizer (model_type "clip", opt_level 0 so nothing EP-specific is baked
   in) fuses attention, SkipLayerNorm and QuickGelu; then each SkipLayerNormalization is split back into
   Add + LayerNormalization, because ONNX Runtime's CPU SkipLayerNormalization kernel is slow: on the
-  ViT-B/32 int8 image tower it took 80 ms of 579 at batch 32, Add + LayerNormalization 19 ms (image
-  tower 60 -> 70 img/s, `python -m bench`). The optimizer only finds attention through the fused
+  ViT-B/32 int8 image tower it took 78.5-79.9 ms of 549-628 at batch 32, Add + LayerNormalization
+  19.8-23.9 ms (`python -m bench.ceiling`). The optimizer only finds attention through the fused
   SkipLayerNorm pattern, hence fuse first, split after.
 - int8: dynamic quantisation of the fused graph (weights int8, activations quantised per batch at run time),
   chosen with `python -m bench.int8_recipes` on the trained demo model's held-out set and the ViT-B/32

@@ -70,9 +70,10 @@ def _shared_pool_threads(threads: int | None) -> int | None:
 
     One intra-op pool serves every session of the process (vision and text, every bundle). Its threads
     spin between runs, which is what makes batch-1 latency low, and, as they are shared, the two towers
-    no longer busy-wait against each other. Measured on the 2-core CPU, ViT-B/32 int8: one image 16.2 ms
-    (per-session pools: 18.5 ms without spinning, 16.3 ms with), one image + 3 new labels 21.2 ms
-    (24.3 ms without spinning, 46-48 ms with).
+    no longer busy-wait against each other. Measured on the 2-core CPU, ViT-B/32 int8 (README
+    "Precision and provider"): one image 16.9-17.0 ms (per-session pools: 18.6-20.8 ms without spinning,
+    17.0-17.4 ms with), one image then 3 new labels 24.2-25.8 ms (28.7-30.5 ms without spinning,
+    61.8-74.4 ms with).
     """
     if "threads" not in _shared_pool:
         try:
