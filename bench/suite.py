@@ -24,6 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino")
+VERSIONED = ("clipedge", "onnxruntime", "onnxruntime-gpu", "onnxruntime-ep-openvino", "numpy", "torch", "transformers")
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 # What each provider runs well; anything else is skipped with the reason unless asked for (--all-pairs).
 NOT_FOR = {
@@ -95,11 +96,13 @@ def plan(
     pools: Sequence[str],
     all_pairs: bool = False,
     baseline: bool = True,
+    avail: dict[str, str] | None = None,
 ) -> list[Variant]:
-    """Every variant to measure, in run order (baseline first per model); impossible ones carry the reason."""
+    """Every variant to measure, in run order (baseline first per model); impossible ones carry the reason.
+    `avail`: available_providers(), when the caller has it already."""
     from clipedge.bundle import load_bundle
 
-    avail = available_providers()
+    avail = available_providers() if avail is None else avail
     torch_ok = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
     out: list[Variant] = []
     for m in models:
@@ -210,12 +213,11 @@ def measure(v: Variant, m: Model, opts: dict[str, Any], image: Path, log: Callab
             log(f"  cold start failed: {e}")
 
 
-def fidelity(m: Model, heldout: Path, provider: str, per_class: int | None) -> dict[str, Any]:
-    """Accuracy, top-1 agreement and image-embedding cosine to fp32 on the held-out set (one provider)."""
-    from clipedge.bundle import load_bundle
+def fidelity(m: Model, have: list[str], heldout: Path, provider: str, per_class: int | None) -> dict[str, Any]:
+    """Accuracy, top-1 agreement and image-embedding cosine to fp32 on the held-out set (one provider),
+    for the precisions `have` of the bundle."""
     from clipedge.evaluate import evaluate
 
-    have = list(load_bundle(m.bundle, verify=False).manifest.precisions)
     if provider == "cuda":
         have = [p for p in have if p != "int8"]
     report = evaluate(m.bundle, heldout, have, provider=provider, limit_per_class=per_class).to_dict()
@@ -223,18 +225,12 @@ def fidelity(m: Model, heldout: Path, provider: str, per_class: int | None) -> d
     return report
 
 
-def architecture(bundle: Path) -> dict[str, Any]:
-    from clipedge.bundle import load_bundle
-
-    return asdict(load_bundle(bundle, verify=False).manifest.architecture)
-
-
-def export_parity(bundle: Path) -> dict[str, Any]:
-    """What the export measured against PyTorch, per precision and provider (from the manifest)."""
+def bundle_summary(bundle: Path) -> dict[str, Any]:
+    """The bundle's architecture, and per precision its size and what the export measured against PyTorch."""
     from clipedge.bundle import load_bundle
 
     man = load_bundle(bundle, verify=False).manifest
-    return {
+    precisions = {
         p: {
             "bytes": v.vision.bytes + v.text.bytes,
             "vision_bytes": v.vision.bytes,
@@ -245,6 +241,7 @@ def export_parity(bundle: Path) -> dict[str, Any]:
         }
         for p, v in man.precisions.items()
     }
+    return {"architecture": asdict(man.architecture), "precisions": precisions}
 
 
 def machine() -> dict[str, Any]:
@@ -262,11 +259,9 @@ def machine() -> dict[str, Any]:
     except OSError:
         info["cpu"] = platform.processor()
     versions = {}
-    for pkg in ("clipedge", "onnxruntime", "onnxruntime-gpu", "onnxruntime-ep-openvino", "numpy", "torch"):
+    for pkg in VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        versions["transformers"] = metadata.version("transformers")
     info["versions"] = versions
     import onnxruntime as ort
 
@@ -318,7 +313,9 @@ def run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.time()
-    variants = plan(models, providers, precisions, threads, pools, opts["all_pairs"], opts["baseline"])
+    avail = available_providers()
+    summaries = {m.name: bundle_summary(m.bundle) for m in models}
+    variants = plan(models, providers, precisions, threads, pools, opts["all_pairs"], opts["baseline"], avail)
     by_name = {m.name: m for m in models}
     for v in variants:
         if not v.skipped:
@@ -328,17 +325,17 @@ def run(
     if heldout is not None:
         for m in (m for m in models if not m.random_weights):
             fid[m.name] = {}
-            for prov in [p for p in providers if p in ("cpu", "cuda") and not available_providers().get(p)]:
+            for prov in [p for p in providers if p in ("cpu", "cuda") and not avail.get(p)]:
                 log(f"{m.name}: fidelity on {prov}")
-                fid[m.name][prov] = fidelity(m, heldout, prov, opts.get("heldout_per_class"))
+                have = list(summaries[m.name]["precisions"])
+                fid[m.name][prov] = fidelity(m, have, heldout, prov, opts.get("heldout_per_class"))
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "machine": machine(),
-        "options": {k: v for k, v in opts.items()},
+        "options": dict(opts),
         "models": {
-            m.name: {"bundle": str(m.bundle), "checkpoint": str(m.checkpoint or ""), "note": m.note}
-            | {"architecture": architecture(m.bundle), "precisions": export_parity(m.bundle)}
+            m.name: {"bundle": str(m.bundle), "checkpoint": str(m.checkpoint or ""), "note": m.note} | summaries[m.name]
             for m in models
         },
         "variants": [asdict(v) | {"label": v.label} for v in variants],

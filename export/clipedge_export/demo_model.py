@@ -24,33 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .random_checkpoint import OPENAI_MEAN, OPENAI_STD, preprocessor_config
+from .random_checkpoint import OPENAI_MEAN, OPENAI_STD, preprocessor_config, text_config, vision_config
 from .shapes import CLASSES, COLOURS, SHAPES, Sample, render
 
 IMAGE_SIZE = 64
-TEXT_CONFIG = {
-    "hidden_size": 64,
-    "intermediate_size": 256,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 3,
-    "max_position_embeddings": 77,
-    "vocab_size": 49408,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
-}
-VISION_CONFIG = {
-    "hidden_size": 128,
-    "intermediate_size": 512,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 4,
-    "image_size": IMAGE_SIZE,
-    "patch_size": 16,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
+TEXT_CONFIG = text_config(64, 256, heads=4, layers=3)
+VISION_CONFIG = vision_config(128, 512, heads=4, layers=4, image_size=IMAGE_SIZE, patch_size=16)
 PROJECTION_DIM = 64
 
 

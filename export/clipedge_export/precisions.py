@@ -9,7 +9,7 @@ see README "Export" and the export issue's closing note for the figures.
   ViT-B/32 int8 image tower it took 78.5-79.9 ms of 549-628 at batch 32, Add + LayerNormalization
   19.8-23.9 ms (`python -m bench.ceiling`). The optimizer only finds attention through the fused
   SkipLayerNorm pattern, hence fuse first, split after.
-- int8: dynamic quantisation of the fused graph (weights int8, activations quantised per batch at run time),
+- int8: dynamic quantisation of the fp32 graph above (weights int8, activations quantised per batch at run time),
   chosen with `python -m bench.int8_recipes` on the trained demo model's held-out set and the ViT-B/32
   architecture (figures in README "Export"): signed int8 weights (the u8s8 path VNNI/AMX run fast; uint8
   weights ran 1.9x slower); per-tensor (per-channel measured the same accuracy and speed, with a larger

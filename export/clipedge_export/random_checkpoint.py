@@ -45,31 +45,47 @@ VIT_B_32 = {
     },
 }
 
+# What every model made here (tiny, demo) shares: the CLIP BPE vocabulary and context with the current
+# transformers token ids, and CLIP's activation and LayerNorm epsilon. (VIT_B_32 above keeps the released
+# file's legacy ids on purpose: the export must handle them.)
+CLIP_TEXT_DEFAULTS = {
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+
+
+def text_config(width: int, mlp: int, heads: int, layers: int) -> dict:
+    return {
+        "hidden_size": width,
+        "intermediate_size": mlp,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        **CLIP_TEXT_DEFAULTS,
+    }
+
+
+def vision_config(width: int, mlp: int, heads: int, layers: int, image_size: int, patch_size: int) -> dict:
+    return {
+        "hidden_size": width,
+        "intermediate_size": mlp,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+    }
+
+
 TINY = {
     "projection_dim": 32,
-    "text_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "max_position_embeddings": 77,
-        "vocab_size": 49408,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-        "bos_token_id": 49406,
-        "eos_token_id": 49407,
-        "pad_token_id": 49407,
-    },
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "image_size": 64,
-        "patch_size": 16,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-    },
+    "text_config": text_config(32, 64, heads=4, layers=2),
+    "vision_config": vision_config(32, 64, heads=4, layers=2, image_size=64, patch_size=16),
 }
 
 ARCHS = {"vit-b-32": VIT_B_32, "tiny": TINY}
