@@ -104,14 +104,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error("more --checkpoint than --bundle (give them in pairs, same order)")
     if args.heldout and not Path(args.heldout).is_dir():
         p.error(f"--heldout {args.heldout}: no such folder")
+    from clipedge.bundle import BundleError
+
+    from .report import check_readme
+
+    try:
+        if args.readme:
+            check_readme(Path(args.readme), args.section)
+        checkpoints = args.checkpoint + [None] * (len(args.bundle) - len(args.checkpoint))
+        models = [bundle_model(b, c) for b, c in zip(args.bundle, checkpoints, strict=True)]
+        if args.demo or not (args.bundle or args.vitb32):
+            models.append(bundle_model(str(ROOT / "models" / "demo"), None))
+            models[-1].note = "trained demo model shipped in models/demo"
+    except (BundleError, ValueError) as e:
+        p.error(str(e))
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     has_torch = importlib.util.find_spec("torch") is not None
-    checkpoints = args.checkpoint + [None] * (len(args.bundle) - len(args.checkpoint))
-    models = [bundle_model(b, c) for b, c in zip(args.bundle, checkpoints, strict=True)]
-    if args.demo or not (args.bundle or args.vitb32):
-        models.append(bundle_model(str(ROOT / "models" / "demo"), None))
-        models[-1].note = "trained demo model shipped in models/demo"
     if args.vitb32 or (has_torch and not (args.bundle or args.demo)):
         models.append(build_vitb32(cache, log))
     heldout = None

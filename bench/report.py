@@ -232,13 +232,27 @@ def plot(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return files
 
 
-def update_readme(readme: Path, section: str, body: str) -> None:
-    """Replace the text between `<!-- bench:SECTION:start -->` and `<!-- bench:SECTION:end -->`."""
-    text = readme.read_text(encoding="utf-8")
+def _section(readme: Path, section: str) -> tuple[str, re.Pattern[str], str, str]:
+    """The README's text and its `<!-- bench:SECTION:start -->` ... `end -->` pattern; ValueError if absent."""
     start, end = f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"{readme}: cannot read the README ({e.strerror or e})") from None
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise ValueError(f"{readme}: no '{start}' ... '{end}' markers to replace")
+    return text, pattern, start, end
+
+
+def check_readme(readme: Path, section: str) -> None:
+    """Raise ValueError now, before a long run, if the README section cannot be written later."""
+    _section(readme, section)
+
+
+def update_readme(readme: Path, section: str, body: str) -> None:
+    """Replace the text between `<!-- bench:SECTION:start -->` and `<!-- bench:SECTION:end -->`."""
+    text, pattern, start, end = _section(readme, section)
     readme.write_text(pattern.sub(lambda _: f"{start}\n{body}{end}", text), encoding="utf-8")
 
 

@@ -149,6 +149,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         (["--providers", "cpu,tpu"], "unknown provider tpu"),
         (["--pools", "huge"], "unknown thread pool huge"),
         (["--bundle", "x", "--checkpoint", "a", "--checkpoint", "b"], "more --checkpoint than --bundle"),
+        (["--bundle", str(tmp_path / "nope")], "nope"),
+        (["--demo", "--readme", str(tmp_path / "NOREADME.md")], "NOREADME.md: cannot read"),
+        (["--demo", "--readme", str(ROOT / "pyproject.toml")], "bench:cpu:start"),
     ):
         cmd = [sys.executable, "-m", "bench", *args, "--cache", str(tmp_path / "cache")]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
