@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from clipedge import ImageError, LabelEmbeddings, ProviderError, ZeroShotClassifier
 from clipedge.classifier import softmax
-from clipedge.labels import LabelFileError
-from clipedge.templates import OPENAI_IMAGENET, parse_labels, resolve_templates
+from clipedge.labels import LabelFileError, parse_labels
+from clipedge.templates import OPENAI_IMAGENET, resolve_templates
 from PIL import Image
 
 IMAGES = [Image.new("RGB", (80, 60), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
@@ -137,32 +137,36 @@ def test_providers(tiny_bundle, monkeypatch, caplog):
 
     with pytest.raises(ProviderError, match="unknown provider 'gpu9'"):
         ZeroShotClassifier.load(tiny_bundle, provider="gpu9")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        with pytest.raises(ProviderError, match="CUDAExecutionProvider is not available"):
-            ZeroShotClassifier.load(tiny_bundle, provider="cuda")
-        assert ZeroShotClassifier.load(tiny_bundle, provider="auto").encoder.providers == ["CPUExecutionProvider"]
     clf = ZeroShotClassifier.load(tiny_bundle, provider=["CPUExecutionProvider"], threads=1)
     assert clf.precision == "int8"  # auto on CPU
     assert ZeroShotClassifier.load(tiny_bundle, precision="fp16", provider="cpu").precision == "fp16"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return  # the rest is about builds without CUDA, or with a CUDA that cannot start
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider is not available"):
+        ZeroShotClassifier.load(tiny_bundle, provider="cuda")
+    assert ZeroShotClassifier.load(tiny_bundle, provider="auto").encoder.providers == ["CPUExecutionProvider"]
+    with caplog.at_level(logging.WARNING, logger="clipedge"):  # --provider cuda --provider-fallback, CPU build
+        fallback = ZeroShotClassifier.load(tiny_bundle, provider="cuda", strict=False)
+    assert fallback.encoder.providers == ["CPUExecutionProvider"] and fallback.precision == "int8"
+    assert "not available in this onnxruntime" in caplog.text and "falling back to CPUExecutionProvider" in caplog.text
 
-    class FallsBack(ort.InferenceSession):  # what ONNX Runtime does when CUDA cannot start
-        def get_providers(self):
-            return ["CPUExecutionProvider"]
-
-    monkeypatch.setattr(providers.ort, "InferenceSession", FallsBack)
+    # A CUDA build whose CUDA cannot start: onnxruntime offers CUDA, then runs the session on the CPU.
     monkeypatch.setattr(
         providers.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    monkeypatch.setattr(
-        providers,
-        "resolve_providers",
-        lambda p: ["CPUExecutionProvider"] if p == "auto" else ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    )
     with pytest.raises(ProviderError, match="requested CUDAExecutionProvider is not in effect"):
         providers.create_session(tiny_bundle / "vision.fp32.onnx", "cuda")
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="clipedge"):
         providers.create_session(tiny_bundle / "vision.fp32.onnx", "cuda", strict=False)
     assert "not in effect" in caplog.text
+    # precision "auto" is chosen for the provider in effect: int8 on the CPU, never CUDA's fp16
+    auto = ZeroShotClassifier.load(tiny_bundle, provider="auto")
+    assert auto.encoder.providers == ["CPUExecutionProvider"] and auto.precision == "int8"
+    loose = ZeroShotClassifier.load(tiny_bundle, provider="cuda", strict=False)
+    assert loose.encoder.providers == ["CPUExecutionProvider"] and loose.precision == "int8"
+    assert loose.classify(IMAGES[:1], ["red", "blue"])[0]["probs"] is not None  # text tower runs there too
+    assert ZeroShotClassifier.load(tiny_bundle, "fp16", provider="cuda", strict=False).precision == "fp16"
 
 
 def test_missing_precision_and_tampered_bundle(tiny_bundle, tmp_path):

@@ -1,4 +1,4 @@
-"""ZeroShotClassifier: the one library call the CLI, the HTTP endpoint, the batch mode and the benchmarks share."""
+"""ZeroShotClassifier: the one path from pixels to probabilities that every entry point shares."""
 
 from __future__ import annotations
 
@@ -13,10 +13,18 @@ from PIL import Image
 
 from .bundle import Bundle, load_bundle
 from .encoder import ClipEncoder
-from .images import DecodePolicy, ImageError, ImageInput, describe, load_image
-from .labels import LabelCache, LabelEmbeddings, embed_label_texts, templates_key
+from .images import DecodePolicy, ImageError, ImageInput, decode_image, load_image, open_image
+from .labels import (
+    LabelCache,
+    LabelEmbeddings,
+    LabelFileError,
+    check_compatible,
+    check_labels,
+    embed_label_texts,
+    templates_key,
+)
 from .preprocess import preprocess, preprocess_batch
-from .providers import ProviderSpec, resolve_providers
+from .providers import ProviderSpec
 from .templates import resolve_templates
 from .tokenizer import ClipTokenizer
 
@@ -26,18 +34,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def choose_precision(bundle: Bundle, providers: list[Any]) -> str:
-    """ "auto": int8 on CPU, fp16 on CUDA, when the bundle has them (each passed its parity threshold at
-    export); else fp32; else whatever the bundle has."""
-    have = bundle.manifest.precisions
-    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-    order = ["fp16", "fp32", "int8"] if first != "CPUExecutionProvider" else ["int8", "fp32", "fp16"]
-    for p in order:
-        if p in have:
-            return p
-    raise ValueError(f"{bundle.path}: bundle has no precisions")
 
 
 def load_images(
@@ -52,16 +48,23 @@ def load_images(
         except ImageError as e:
             return e
 
-    remote = sum(isinstance(s, str) and s.lstrip().startswith(("http://", "https://")) for s in sources)
+    remote = sum(is_url(s) for s in sources)
     if remote > 1:
         with ThreadPoolExecutor(max_workers=workers or min(16, remote)) as pool:
             return list(pool.map(one, sources))
     return [one(s) for s in sources]
 
 
+def is_url(source: object) -> bool:
+    return isinstance(source, str) and source.lstrip().startswith(("http://", "https://"))
+
+
 @dataclass
 class ZeroShotClassifier:
-    """Zero-shot CLIP classification from a bundle.
+    """Zero-shot CLIP classification from a bundle, in four stages that every entry point (CLI, endpoint,
+    batch engines, eval, benchmarks) calls: `prepare` (decode + preprocess one image), `embed` (the vision
+    tower), `score` (probabilities against label embeddings) and `format` (the result row). `classify`
+    runs them in order.
 
     >>> clf = ZeroShotClassifier.load("models/demo")
     >>> clf.classify(["models/demo/examples/red_circle.png"], ["red circle", "blue square"])
@@ -88,23 +91,36 @@ class ZeroShotClassifier:
         fast_jpeg: bool = False,
         thread_pool: str = "session",
     ) -> ZeroShotClassifier:
-        """Load a bundle folder. precision: "auto", "fp32", "int8" or "fp16"; provider: "auto", "cpu",
-        "cuda" or an ONNX Runtime provider list; strict: a requested provider that is not in effect is an
-        error (else a warning); verify: check the files' sha256 against the manifest; fast_jpeg: let
-        libjpeg decode large JPEGs at 1/2..1/8 scale (3-10x faster decoding, embeddings change slightly:
-        see README); thread_pool: "session" (default: plays well with other ONNX Runtime users in the
-        process) or "shared" (one spinning process-wide pool: lowest latency, for processes that only
-        run clipedge; see clipedge.providers.session_options)."""
+        """Load a bundle folder.
+
+        Args:
+            path: the bundle folder.
+            precision: "auto", "fp32", "int8" or "fp16"; auto follows `clipedge.selection.RANKING` for the
+                provider really in effect.
+            provider: "auto", "cpu", "cuda", "tensorrt" or an ONNX Runtime provider list.
+            threads: ONNX Runtime intra-op threads (None: one per core).
+            strict: a requested provider that is missing or not in effect is an error; False falls back to
+                the CPU with a warning.
+            verify: check the files' sha256 against the manifest.
+            decode_policy: formats, pixel cap, URL rules (`clipedge.images.DecodePolicy`).
+            cache_size: label embeddings kept in the LRU cache.
+            fast_jpeg: let libjpeg decode large JPEGs at 1/2..1/8 scale (faster; embeddings change slightly).
+            thread_pool: "session" (plays well with other ONNX Runtime users in the process), "shared" or
+                "session-spin" (see `clipedge.providers.session_options`).
+
+        Returns:
+            The classifier.
+
+        Raises:
+            BundleError: the folder is not a bundle, lacks the precision, or fails verification.
+            ProviderError: (strict) the provider is missing or not in effect.
+            ModelLoadError: ONNX Runtime cannot load a tower file.
+        """
         bundle = load_bundle(path, verify=False)
         decode_policy = decode_policy or DecodePolicy()
         if fast_jpeg:
             decode_policy = replace(decode_policy, draft=bundle.manifest.preprocess.resize_shortest_edge)
-        if precision == "auto":
-            precision = choose_precision(bundle, resolve_providers(provider))
-        bundle.variant(precision)
-        if verify:
-            bundle.verify(precision)
-        encoder = ClipEncoder(bundle, precision, provider, threads, strict, thread_pool)
+        encoder = ClipEncoder(bundle, precision, provider, threads, strict, thread_pool, verify)
         tokenizer = ClipTokenizer(bundle.path / bundle.manifest.tokenizer.file, bundle.manifest.tokenizer)
         return cls(bundle, encoder, tokenizer, decode_policy, LabelCache(cache_size))
 
@@ -112,35 +128,91 @@ class ZeroShotClassifier:
     def precision(self) -> str:
         return self.encoder.precision
 
-    # -- embeddings ---------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return preprocess_batch(list(images), self.bundle.manifest.preprocess)
+    # -- stage 1: prepare ---------------------------------------------------------------------------
+    def prepare(self, source: ImageInput, policy: DecodePolicy | None = None, name: str | None = None) -> np.ndarray:
+        """Decode one input and preprocess it exactly as the manifest says.
+
+        Args:
+            source: a path, URL, base64 string, bytes, PIL image or numpy array.
+            policy: overrides the classifier's decode policy (e.g. the endpoint's untrusted-input policy).
+            name: how messages name the input (default: a safe description of it).
+
+        Returns:
+            pixel_values float32 [3, H, W].
+
+        Raises:
+            ImageError: naming the input and the problem, whatever went wrong (never another exception).
+        """
+        policy = policy or self.decode_policy
+        image, name = open_image(source, policy, name)
+        if policy.budget is None:
+            return self._pixels(image, name)
+        with policy.budget.hold(image.width * image.height):
+            return self._pixels(image, name)
+
+    def _pixels(self, image: Image.Image, name: str) -> np.ndarray:
+        rgb = decode_image(image, name)
+        try:
+            return preprocess(rgb, self.bundle.manifest.preprocess)
+        except Exception as e:  # e.g. a degenerate image that resizes to zero pixels
+            raise ImageError(f"{name}: cannot preprocess ({type(e).__name__}: {e})") from None
 
     def prepare_image(self, source: ImageInput) -> np.ndarray:
-        """Decode one input with this classifier's policy and preprocess it: pixel_values [3, H, W]."""
-        return preprocess(load_image(source, self.decode_policy), self.bundle.manifest.preprocess)
+        """Alias of `prepare` (kept for callers of clipedge 0.1)."""
+        return self.prepare(source)
+
+    def prepare_all(self, sources: Sequence[ImageInput]) -> list[np.ndarray | ImageError]:
+        """`prepare` for each input, URLs fetched concurrently; a bad input becomes its ImageError in place."""
+
+        def one(src: ImageInput) -> np.ndarray | ImageError:
+            try:
+                return self.prepare(src)
+            except ImageError as e:
+                return e
+
+        remote = sum(is_url(s) for s in sources)
+        if remote > 1:
+            with ThreadPoolExecutor(max_workers=min(16, remote)) as pool:
+                return list(pool.map(one, sources))
+        return [one(s) for s in sources]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> pixel_values float32 [N, 3, H, W]."""
+        return preprocess_batch(list(images), self.bundle.manifest.preprocess)
+
+    # -- stage 2: embed -------------------------------------------------------------------------------
+    def embed(self, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The vision tower: pixel_values float32 [N, 3, H, W] -> unit image embeddings float32 [N, D]."""
+        return self.encoder.embed_pixels(pixel_values, batch_size)
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
-        """Unit image embeddings float32 [N, D]; raises ImageError naming the first bad input."""
-        decoded = load_images(images, self.decode_policy)
-        for i, im in enumerate(decoded):
-            if isinstance(im, ImageError):
-                raise ImageError(f"image {i}: {im}")
-        return self.encoder.embed_pixels(self.preprocess(decoded), batch_size)  # type: ignore[arg-type]
+        """Unit image embeddings float32 [N, D] of any inputs.
+
+        Raises:
+            ImageError: naming the first bad input.
+        """
+        prepared = self.prepare_all(images)
+        for i, p in enumerate(prepared):
+            if isinstance(p, ImageError):
+                raise ImageError(f"image {i}: {p}")
+        h, w = self.bundle.manifest.preprocess.crop_size
+        stacked = np.stack(prepared) if prepared else np.zeros((0, 3, h, w), dtype=np.float32)  # type: ignore[arg-type]
+        return self.embed(stacked, batch_size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Unit text embeddings float32 [N, D] (no template applied)."""
         return embed_label_texts(list(texts), ["{}"], self.tokenizer.encode, self.encoder.embed_token_ids)
 
+    # -- labels ---------------------------------------------------------------------------------------
     def label_embeddings(self, labels: Sequence[str], templates: str | Sequence[str] | None = None) -> LabelEmbeddings:
         """Embeddings of `labels` under `templates` (None, a template, a list, or "openai-imagenet"),
-        taken from the LRU cache where present; only missing labels go through the text tower."""
-        labels = list(labels)
-        if not labels:
-            raise ValueError("no labels given")
-        bad = [i for i, label in enumerate(labels) if not isinstance(label, str) or not label.strip()]
-        if bad:
-            raise ValueError(f"label {bad[0]} is empty or not a string")
+        taken from the LRU cache where present; only missing labels go through the text tower.
+
+        Raises:
+            LabelError: no labels, or an empty or invalid one.
+            TemplateError: a template that breaks the template rule.
+        """
+        labels = check_labels(labels)
         tpl = resolve_templates(templates if templates is None or isinstance(templates, str) else list(templates))
         key = (self.bundle.bundle_hash, self.precision, templates_key(tpl))
         found = {label: self.cache.get((*key, label)) for label in dict.fromkeys(labels)}
@@ -153,15 +225,50 @@ class ZeroShotClassifier:
         matrix = np.stack([found[label] for label in labels])
         return LabelEmbeddings(tuple(labels), tpl, matrix, self.bundle.bundle_hash, self.precision)
 
-    def load_labels(self, path: str | Path) -> LabelEmbeddings:
-        """A label-embedding file saved by LabelEmbeddings.save; refused if made with another bundle."""
-        return LabelEmbeddings.load(path, self.bundle.bundle_hash)
+    def labels(
+        self, labels: Sequence[str] | LabelEmbeddings, templates: str | Sequence[str] | None = None
+    ) -> LabelEmbeddings:
+        """The one way label embeddings enter classification: label texts are embedded (cached), ready
+        embeddings pass `clipedge.labels.check_compatible` (same source bundle and embedding size; another
+        precision is allowed with a warning).
 
-    # -- classification -------------------------------------------------------------------------------
-    def scores(self, image_embeddings: np.ndarray, labels: LabelEmbeddings) -> np.ndarray:
-        """Probabilities [N, L]: softmax(logit_scale * cosine)."""
+        Raises:
+            LabelError, TemplateError: bad label texts or templates.
+            LabelFileError: embeddings made with another bundle or of another size.
+        """
+        if isinstance(labels, LabelEmbeddings):
+            dim = self.bundle.manifest.architecture.embed_dim
+            check_compatible(labels, self.bundle.bundle_hash, dim, self.precision)
+            return labels
+        return self.label_embeddings(labels, templates)
+
+    def load_labels(self, path: str | Path) -> LabelEmbeddings:
+        """A label-embedding file saved by LabelEmbeddings.save, checked by `labels`.
+
+        Raises:
+            LabelFileError: malformed, or made for another bundle.
+        """
+        try:
+            return self.labels(LabelEmbeddings.load(path))
+        except LabelFileError as e:
+            message = str(e)
+            raise LabelFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+    # -- stage 3: score, stage 4: format --------------------------------------------------------------
+    def score(self, image_embeddings: np.ndarray, labels: LabelEmbeddings) -> np.ndarray:
+        """Probabilities float32 [N, L]: softmax over labels of logit_scale x cosine (embeddings are unit)."""
         logits = self.bundle.manifest.logit_scale * (image_embeddings @ labels.embeddings.T)
         return softmax(logits.astype(np.float64)).astype(np.float32)
+
+    scores = score  # clipedge 0.1 name
+
+    @staticmethod
+    def format(labels: Sequence[str], probs: np.ndarray | None, top_k: int | None = None, error: str | None = None):
+        """One result row: {"labels", "probs"} with labels in the given order (or the top_k, best first);
+        for a failed image {"labels", "probs": None, "error"}."""
+        if probs is None:
+            return {"labels": list(labels), "probs": None, "error": error}
+        return format_result(labels, probs, top_k)
 
     def classify(
         self,
@@ -172,47 +279,56 @@ class ZeroShotClassifier:
         errors: str = "raise",
         batch_size: int = 32,
     ) -> list[dict[str, Any]]:
-        """One {"labels", "probs"} per image, labels in the given order (or the top_k, best first).
+        """Classify images against labels: prepare, embed, score, format.
 
-        errors="raise" raises ImageError naming the first bad image; errors="return" gives that image
-        {"labels": [...], "probs": None, "error": message} and still scores the others.
+        Args:
+            images: any inputs `prepare` takes.
+            labels: label texts, or LabelEmbeddings (checked by `labels`).
+            templates: None, a template with one "{}", a list of them, or "openai-imagenet".
+            top_k: keep only the k best labels, best first (default: every label, in the given order).
+            errors: "raise" raises ImageError naming the first bad image; "return" gives that image
+                {"labels", "probs": None, "error"} and still scores the others.
+            batch_size: images per vision-tower run.
+
+        Returns:
+            One {"labels", "probs"} per image, in input order.
+
+        Raises:
+            ImageError: (errors="raise") a bad image.
+            LabelError, TemplateError, LabelFileError: bad labels, templates or label embeddings.
         """
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
-        label_emb = labels if isinstance(labels, LabelEmbeddings) else self.label_embeddings(labels, templates)
-        decoded = load_images(images, self.decode_policy)
-        good = [i for i, im in enumerate(decoded) if not isinstance(im, ImageError)]
-        if errors == "raise" and len(good) < len(decoded):
-            i = next(i for i, im in enumerate(decoded) if isinstance(im, ImageError))
-            raise ImageError(f"image {i}: {decoded[i]}")
-        pixels = self._preprocess_or_error(decoded, good)
-        ok = [i for i in good if not isinstance(pixels[i], ImageError)]
-        emb = self.encoder.embed_pixels(np.stack([pixels[i] for i in ok]), batch_size) if ok else None
-        probs = self.scores(emb, label_emb) if emb is not None else np.zeros((0, len(label_emb.labels)))
-        row_of = {i: r for r, i in enumerate(ok)}
-        results: list[dict[str, Any]] = []
-        for i in range(len(decoded)):
-            if i in row_of:
-                results.append(format_result(label_emb.labels, probs[row_of[i]], top_k))
-            else:
-                err = decoded[i] if isinstance(decoded[i], ImageError) else pixels[i]
-                if errors == "raise":
-                    raise ImageError(f"image {i}: {err}")
-                results.append({"labels": list(label_emb.labels), "probs": None, "error": str(err)})
-        return results
+        label_emb = self.labels(labels, templates)
+        prepared = self.prepare_all(images)
+        bad = [i for i, p in enumerate(prepared) if isinstance(p, ImageError)]
+        if errors == "raise" and bad:
+            raise ImageError(f"image {bad[0]}: {prepared[bad[0]]}")
+        return self.classify_prepared(prepared, label_emb, top_k, batch_size)
 
-    def _preprocess_or_error(self, decoded: list, good: list[int]) -> dict[int, Any]:
-        spec = self.bundle.manifest.preprocess
-        out: dict[int, Any] = {}
-        for i in good:
-            try:
-                out[i] = preprocess(decoded[i], spec)
-            except (ValueError, OSError) as e:  # e.g. a degenerate image that resizes to zero pixels
-                out[i] = ImageError(f"{describe(decoded[i])}: cannot preprocess ({e})")
-        return out
+    def classify_prepared(
+        self,
+        prepared: Sequence[np.ndarray | Exception],
+        labels: LabelEmbeddings,
+        top_k: int | None = None,
+        batch_size: int = 32,
+    ) -> list[dict[str, Any]]:
+        """Embed, score and format images that went through `prepare` (an exception in place of a bad one,
+        which gets an error row). Used by `classify` and both batch engines."""
+        ok = [i for i, p in enumerate(prepared) if not isinstance(p, Exception)]
+        probs: dict[int, np.ndarray] = {}
+        if ok:
+            emb = self.embed(np.stack([prepared[i] for i in ok]), batch_size)  # type: ignore[misc]
+            probs = dict(zip(ok, self.score(emb, labels), strict=True))
+        names = labels.labels
+        return [
+            self.format(names, probs[i], top_k) if i in probs else self.format(names, None, None, str(p))
+            for i, p in enumerate(prepared)
+        ]
 
 
 def format_result(labels: Sequence[str], probs: np.ndarray, top_k: int | None = None) -> dict[str, Any]:
+    """{"labels", "probs"}: labels in the given order, or the top_k best first."""
     pairs = list(zip(labels, (float(p) for p in probs), strict=True))
     if top_k:
         pairs = sorted(pairs, key=lambda lp: -lp[1])[:top_k]

@@ -12,6 +12,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .providers import ProviderSpec, create_session
+from .selection import open_vision
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -21,21 +22,24 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 class ClipEncoder:
+    """The vision session (opened at once) and the text session (on first use) of one precision; provider
+    and precision are resolved by `clipedge.selection.open_vision`."""
+
     def __init__(
         self,
         bundle: Bundle,
-        precision: str,
+        precision: str = "auto",
         provider: ProviderSpec = "auto",
         threads: int | None = None,
         strict: bool = True,
         pool: str = "session",
+        verify: bool = True,
     ):
-        bundle.variant(precision)  # clear error for a precision the bundle lacks
-        self.bundle, self.precision = bundle, precision
+        self.precision, provider, self._vision = open_vision(bundle, precision, provider, threads, strict, pool, verify)
+        self.bundle = bundle
         self._provider, self._threads, self._strict, self._pool = provider, threads, strict, pool
         towers = bundle.manifest.towers
         self._vision_io, self._text_io = towers["vision"], towers["text"]
-        self._vision = create_session(bundle.tower_path(precision, "vision"), provider, threads, strict, pool)
         self._text = None
         self._text_lock = threading.Lock()
 

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from .bundle import load_bundle
-from .classifier import ZeroShotClassifier, load_images
+from .classifier import ZeroShotClassifier
 from .images import IMAGE_EXTENSIONS, ImageError
-from .preprocess import preprocess
 from .providers import ProviderSpec
 
 
@@ -88,30 +87,24 @@ def evaluate(
     preds: dict[str, list[np.ndarray]] = {p: [] for p in names}
     cosines: dict[str, list[np.ndarray]] = {p: [] for p in names if p != "fp32"}
     kept: list[int] = []
-    spec = first.bundle.manifest.preprocess
     for start in range(0, len(paths), chunk):
         batch = paths[start : start + chunk]
-        decoded = load_images(batch, first.decode_policy)
-        pixels, ok = [], []
-        for i, im in enumerate(decoded):
-            if isinstance(im, ImageError):
-                report.failed.append((str(batch[i]), str(im)))
-                continue
-            pixels.append(preprocess(im, spec))
-            ok.append(start + i)
+        prepared = first.prepare_all(batch)  # decoded and preprocessed once, for every precision
+        ok = [i for i, p in enumerate(prepared) if not isinstance(p, ImageError)]
+        report.failed += [(str(batch[i]), str(p)) for i, p in enumerate(prepared) if isinstance(p, ImageError)]
         if not ok:
             continue
-        stacked = np.stack(pixels)
+        stacked = np.stack([prepared[i] for i in ok])  # type: ignore[misc]
         embs = {}
         for p, clf in clfs.items():
             t0 = time.perf_counter()
-            embs[p] = emb = clf.encoder.embed_pixels(stacked, batch_size=64)
+            embs[p] = emb = clf.embed(stacked, batch_size=64)
             report.seconds[p] = report.seconds.get(p, 0.0) + time.perf_counter() - t0
-            preds[p].append((emb @ labels[p].embeddings.T).argmax(axis=1))
+            preds[p].append(clf.score(emb, labels[p]).argmax(axis=1))
         if "fp32" in embs:
             for p in cosines:
                 cosines[p].append((embs[p] * embs["fp32"]).sum(axis=1))
-        kept += ok
+        kept += [start + i for i in ok]
         if progress:
             progress(min(start + chunk, len(paths)), len(paths))
     y = targets[kept]

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fetch import FetchError, FetchPolicy, fetch_url
 
+ORIENTATION = 0x0112  # the EXIF tag
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any camera's JPEG, far below a decompression bomb
 B64_CHARS = re.compile(r"^[A-Za-z0-9+/=_-]+$")
@@ -33,6 +38,27 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message names the input and the problem."""
 
 
+class PixelBudget:
+    """Pixels being decoded at once, across threads: a decode waits until its image fits the budget (an
+    image larger than the whole budget runs alone). Bounds the memory of concurrent large decodes."""
+
+    def __init__(self, total: int):
+        self.total, self.in_use = total, 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.total)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class DecodePolicy:
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -40,15 +66,37 @@ class DecodePolicy:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     draft: int | None = None  # JPEG: let libjpeg decode at 1/2, 1/4, 1/8 scale down to >= this shortest edge
     allow_paths: bool = True  # False for untrusted input (the HTTP endpoint): strings are base64 or URLs only
+    budget: PixelBudget | None = None  # shared by every decode under this policy (the endpoint sets one)
+
+    @property
+    def redact(self) -> bool:
+        """Untrusted input (no file paths): messages never repeat the caller's strings."""
+        return not self.allow_paths
 
 
-def describe(source: Any) -> str:
-    """A short, log-safe name for an input: never the whole base64 string."""
+def safe_url(url: str) -> str:
+    """scheme://host[:port]/path of a URL: no credentials, query or fragment (DESIGN.md, error bodies)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<malformed URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"[:200]
+
+
+def describe(source: Any, redact: bool = False) -> str:
+    """A short, log-safe name for an input: never the whole base64 string, never a URL's credentials or
+    query; with `redact` (untrusted callers) no string of the caller's beyond its length."""
     if isinstance(source, Path):
-        return str(source)
+        return f"<path, {len(str(source))} chars>" if redact else str(source)
     if isinstance(source, str):
-        if source.startswith(("http://", "https://")):
-            return source.split("?", 1)[0][:200]
+        if source.lstrip().startswith(("http://", "https://")):
+            return safe_url(source)
+        if redact:
+            return f"<string, {len(source)} chars>"
         if source.startswith("data:") or len(source) > 200:
             return f"<base64 string, {len(source)} chars>"
         return source
@@ -102,6 +150,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _open(data: io.BytesIO, policy: DecodePolicy, name: str) -> Image.Image:
+    """Read the header only: format allowlist, pixel cap, JPEG draft scale. Pixels are decoded by `decode_image`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -110,25 +159,33 @@ def _open(data: io.BytesIO, policy: DecodePolicy, name: str) -> Image.Image:
         raise ImageError(f"{name}: not an image in an allowed format ({', '.join(policy.formats)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
-    except OSError as e:
-        raise ImageError(f"{name}: cannot read image ({e})") from None
+    except Exception as e:  # Pillow raises many types on hostile headers (OSError, SyntaxError, struct.error...)
+        raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
     w, h = image.size
     if w * h > policy.max_pixels:
         raise ImageError(f"{name}: {w}x{h} image exceeds the pixel limit of {policy.max_pixels:,}")
     if w == 0 or h == 0:
         raise ImageError(f"{name}: image has no pixels")
-    try:
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)
-        if policy.draft and image.format == "JPEG":
+    if policy.draft and image.format == "JPEG":
+        with contextlib.suppress(Exception):
             image.draft("RGB", (policy.draft, policy.draft))
+    return image
+
+
+def decode_image(image: Image.Image, name: str) -> Image.Image:
+    """Decode the first frame, apply EXIF orientation, convert to 8-bit RGB. Any failure is an ImageError:
+    Pillow raises IndexError, struct.error, EOFError... on damaged files, and none may escape."""
+    try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: image data is damaged or truncated ({e})") from None
+        if image.getexif().get(ORIENTATION, 1) != 1:  # transposing copies the image: only when needed
+            image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
-    return image
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode this image") from None
+    except Exception as e:
+        raise ImageError(f"{name}: image data is damaged or truncated ({type(e).__name__}: {e})") from None
 
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
@@ -144,22 +201,30 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.Image:
-    """Any supported input -> an 8-bit RGB PIL image; raises ImageError naming the input and the problem."""
+def open_image(
+    source: ImageInput, policy: DecodePolicy | None = None, name: str | None = None
+) -> tuple[Image.Image, str]:
+    """Any supported input -> (image, name): an encoded image is opened (header only, caps checked, fetched
+    first if it is a URL); `decode_image` then decodes it. `name` replaces the input's description in
+    messages (e.g. the URL that fetched bytes came from).
+
+    Raises:
+        ImageError: naming the input (redacted for untrusted callers) and the problem.
+    """
     policy = policy or DecodePolicy()
-    name = describe(source)
+    name = name or describe(source, policy.redact)
     if isinstance(source, Image.Image):
         if source.width * source.height > policy.max_pixels:
             raise ImageError(f"{name}: image exceeds the pixel limit of {policy.max_pixels:,}")
-        return to_rgb(ImageOps.exif_transpose(source))
+        return source, name
     if isinstance(source, np.ndarray):
-        return to_rgb(_from_array(source, name))
+        return _from_array(source, name), name
     if isinstance(source, bytes | bytearray | memoryview):
-        return to_rgb(_open(io.BytesIO(bytes(source)), policy, name))
+        return _open(io.BytesIO(bytes(source)), policy, name), name
     if isinstance(source, Path):
         if not policy.allow_paths:
             raise ImageError(f"{name}: file paths are not accepted here")
-        return to_rgb(_open(_read(source, name), policy, name))
+        return _open(_read(source, name), policy, name), name
     if not isinstance(source, str):
         raise ImageError(f"{name}: unsupported image input type")
     text = source.strip()
@@ -168,14 +233,25 @@ def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.
             data = fetch_url(text, policy.fetch)
         except FetchError as e:
             raise ImageError(f"{name}: {e}") from None
-        return to_rgb(_open(io.BytesIO(data), policy, name))
+        return _open(io.BytesIO(data), policy, name), name
     if text.startswith("data:"):
-        return to_rgb(_open(io.BytesIO(_b64(text, name)), policy, name))
+        return _open(io.BytesIO(_b64(text, name)), policy, name), name
     if policy.allow_paths and len(text) < 1024 and "\n" not in text:
         path = Path(text).expanduser()
         if path.exists() or not B64_CHARS.match(text) or len(text) < 64:
-            return to_rgb(_open(_read(path, name), policy, name))
-    return to_rgb(_open(io.BytesIO(_b64(text, name)), policy, name))
+            return _open(_read(path, name), policy, name), name
+    return _open(io.BytesIO(_b64(text, name)), policy, name), name
+
+
+def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.Image:
+    """Any supported input -> an 8-bit RGB PIL image; raises ImageError naming the input and the problem.
+    Holds the policy's pixel budget while decoding."""
+    policy = policy or DecodePolicy()
+    image, name = open_image(source, policy)
+    if policy.budget is None:
+        return decode_image(image, name)
+    with policy.budget.hold(image.width * image.height):
+        return decode_image(image, name)
 
 
 def _read(path: Path, name: str) -> io.BytesIO:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -19,12 +20,58 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import l2_normalise
+from .templates import fill, is_utf8
 
 FILE_FORMAT = 1
+log = logging.getLogger("clipedge")
 
 
 class LabelFileError(ValueError):
     """A label-embedding file that is malformed or made for another bundle."""
+
+
+class LabelError(ValueError):
+    """Labels that cannot be used (none, empty, not text); the message names the label's position."""
+
+
+def parse_labels(text: str) -> list[str]:
+    """Labels as Azure's endpoint reads them: split on commas, stripped, empties dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def read_labels_file(path: str | Path) -> list[str]:
+    """One label per line; blank lines and lines starting with # are skipped.
+
+    Raises:
+        LabelError: the file cannot be read, is not UTF-8, or holds no labels.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise LabelError(f"{path}: cannot read labels file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise LabelError(f"{path}: labels file is not UTF-8 text (byte {e.start})") from None
+    labels = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not labels:
+        raise LabelError(f"{path}: no labels in the file")
+    return labels
+
+
+def check_labels(labels: Sequence[object]) -> list[str]:
+    """The labels as a list of non-empty UTF-8 strings.
+
+    Raises:
+        LabelError: no labels, or a label that is empty, not a string, or not valid Unicode.
+    """
+    labels = list(labels)
+    if not labels:
+        raise LabelError("no labels given")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise LabelError(f"label {i} is empty or not a string")
+        if not is_utf8(label):
+            raise LabelError(f"label {i} is not valid Unicode text (a lone surrogate?)")
+    return labels  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -70,6 +117,30 @@ class LabelEmbeddings:
         return cls(tuple(meta["labels"]), tuple(meta["templates"]), emb, meta["bundle_hash"], meta["precision"])
 
 
+def check_compatible(labels: LabelEmbeddings, bundle_hash: str, embed_dim: int, precision: str) -> None:
+    """The one entry check for label embeddings (DESIGN.md, Shared rules): they must come from the same
+    source bundle (its hash) and have its embedding size; another precision is allowed with a warning.
+
+    Raises:
+        LabelFileError: made with another bundle, or of another embedding size.
+    """
+    if labels.bundle_hash != bundle_hash:
+        raise LabelFileError(
+            f"label embeddings were computed with another bundle ({labels.bundle_hash[:12]}, this one is "
+            f"{bundle_hash[:12]}); rebuild them with `clipedge labels build`"
+        )
+    if labels.embeddings.ndim != 2 or labels.embeddings.shape[1] != embed_dim:
+        raise LabelFileError(
+            f"label embeddings have size {labels.embeddings.shape[-1]}, this bundle's embeddings have {embed_dim}"
+        )
+    if labels.precision != precision:
+        log.warning(
+            "label embeddings were computed with the %s text tower; the image tower runs in %s",
+            labels.precision,
+            precision,
+        )
+
+
 def templates_key(templates: Sequence[str]) -> str:
     return hashlib.sha256("\x1f".join(templates).encode()).hexdigest()[:16]
 
@@ -112,7 +183,7 @@ def embed_label_texts(
     batch_size: int = 256,
 ) -> np.ndarray:
     """Template-ensembled unit embeddings [len(labels), D]: every label x template text embedded once."""
-    texts = [t.format(label) for label in labels for t in templates]
+    texts = [fill(t, label) for label in labels for t in templates]
     ids = encode(texts)
     lengths = (ids != ids[:, -1:]).sum(axis=1) if len(ids) else np.zeros(0, dtype=int)
     order = np.argsort(lengths, kind="stable")

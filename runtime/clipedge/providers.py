@@ -9,6 +9,7 @@ error (or, with strict=False, a loud warning).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,17 +31,45 @@ class ProviderError(RuntimeError):
     """A requested execution provider is not available or not in effect."""
 
 
+class ModelLoadError(RuntimeError):
+    """ONNX Runtime refused a model file (damaged, external data outside the bundle, unsupported ops)."""
+
+
+def _open(path: str | Path, threads: int | None, pool: str, providers: list) -> ort.InferenceSession:
+    with _pool_lock:
+        options = session_options(threads, pool)
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) are not exported
+            error = e
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ModelLoadError(f"{Path(path).name}: ONNX Runtime cannot load this model ({without_dirs(first)[:300]})")
+
+
+def without_dirs(text: str) -> str:
+    """`text` with the folders of absolute paths removed (file names stay): messages that reach a
+    client or a probe never show where things are installed."""
+    return re.sub(r"(?<![\w.])/(?:[^\s\"'/]+/)+", "", text)
+
+
 def _name(p: str | tuple[str, dict[str, Any]]) -> str:
     return p[0] if isinstance(p, tuple) else p
 
 
-def resolve_providers(provider: ProviderSpec = "auto") -> list[str | tuple[str, dict[str, Any]]]:
-    """The provider list for a spec; "auto" gives CUDA first only when onnxruntime offers it."""
+def resolve_providers(provider: ProviderSpec = "auto", strict: bool = True) -> list[str | tuple[str, dict[str, Any]]]:
+    """The provider list for a spec; "auto" gives CUDA first only when onnxruntime offers it.
+
+    A requested provider this onnxruntime does not offer is an error, or with strict=False a warning and
+    the remaining providers (the CPU at least).
+
+    Raises:
+        ProviderError: an unknown spec, or (strict) a provider this onnxruntime does not offer.
+    """
     available = ort.get_available_providers()
     if isinstance(provider, str):
         key = provider.lower()
         if key == "auto":
-            return ALIASES["cuda"] if "CUDAExecutionProvider" in available else ALIASES["cpu"]
+            return list(ALIASES["cuda"]) if "CUDAExecutionProvider" in available else list(ALIASES["cpu"])
         if key not in ALIASES:
             raise ProviderError(f"unknown provider {provider!r}: use auto, cpu, cuda, tensorrt or a provider list")
         providers: list[str | tuple[str, dict[str, Any]]] = list(ALIASES[key])
@@ -51,10 +80,14 @@ def resolve_providers(provider: ProviderSpec = "auto") -> list[str | tuple[str, 
         hint = (
             " (install clipedge[gpu], i.e. onnxruntime-gpu, and the CUDA libraries)" if "CUDA" in str(missing) else ""
         )
-        raise ProviderError(
+        message = (
             f"execution provider {', '.join(missing)} is not available in this onnxruntime "
             f"(available: {', '.join(available)}){hint}"
         )
+        if strict:
+            raise ProviderError(message)
+        providers = [p for p in providers if _name(p) in available] or list(ALIASES["cpu"])
+        log.warning("%s; falling back to %s", message, _name(providers[0]))
     return providers
 
 
@@ -132,17 +165,20 @@ def create_session(
     strict: bool = True,
     pool: str = "session",
 ) -> ort.InferenceSession:
-    """An InferenceSession on the resolved providers, checked to really run on the first one requested."""
-    providers = resolve_providers(provider)
+    """An InferenceSession on the resolved providers, checked to really run on the first one requested.
+
+    Raises:
+        ProviderError: (strict) the requested provider is missing or not in effect.
+        ModelLoadError: ONNX Runtime cannot load the file (one line naming it, never its traceback).
+    """
+    providers = resolve_providers(provider, strict)
     auto = isinstance(provider, str) and provider.lower() == "auto"
-    with _pool_lock:
-        session = ort.InferenceSession(str(path), session_options(threads, pool), providers=providers)
+    session = _open(path, threads, pool, providers)
     wanted, active = _name(providers[0]), session.get_providers()
     if wanted not in active:
         if auto:
             log.info("CUDA is offered by onnxruntime but could not start; running on %s", active[0])
-            with _pool_lock:
-                return ort.InferenceSession(str(path), session_options(threads, pool), providers=ALIASES["cpu"])
+            return _open(path, threads, pool, list(ALIASES["cpu"]))
         message = (
             f"{Path(path).name}: requested {wanted} is not in effect (running on {', '.join(active)}); "
             "check the CUDA/cuDNN libraries, or ask for provider='cpu'"

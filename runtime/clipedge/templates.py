@@ -31,10 +31,59 @@ OPENAI_IMAGENET = (
 )  # fmt: skip
 
 NAMED = {"none": ("{}",), "openai-imagenet": OPENAI_IMAGENET}
+MAX_TEMPLATE_CHARS = 200
 
 
-def resolve_templates(templates: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    """None or "none" -> the bare label; a name in NAMED; one template string with "{}"; or a list of them."""
+class TemplateError(ValueError):
+    """A prompt template that breaks the template rule; the message never repeats the template itself."""
+
+
+def validate_template(template: object, where: str = "template") -> str:
+    """The one template rule (DESIGN.md, Shared rules): text with exactly one `{}` and no other `{` or `}`,
+    at most 200 characters. Templates are filled with `str.replace`, never `str.format`.
+
+    Args:
+        template: the candidate template.
+        where: how error messages name it (e.g. "hypothesis_template").
+
+    Returns:
+        The template, unchanged.
+
+    Raises:
+        TemplateError: naming `where` and the broken rule (not the template's text).
+    """
+    if not isinstance(template, str):
+        raise TemplateError(f"{where} must be a string")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"{where} has {len(template)} characters; the limit is {MAX_TEMPLATE_CHARS}")
+    if template.count("{}") != 1 or template.count("{") != 1 or template.count("}") != 1:
+        raise TemplateError(f'{where} must contain exactly one "{{}}" for the label and no other braces')
+    if not is_utf8(template):
+        raise TemplateError(f"{where} is not valid Unicode text (a lone surrogate?)")
+    return template
+
+
+def is_utf8(text: str) -> bool:
+    """False for strings that cannot be encoded as UTF-8 (lone surrogates, which JSON allows)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def fill(template: str, label: str) -> str:
+    """The prompt for one label: the template's `{}` replaced by the label (no format-string evaluation)."""
+    return template.replace("{}", label, 1)
+
+
+def resolve_templates(templates: str | list[str] | tuple[str, ...] | None, where: str = "template") -> tuple[str, ...]:
+    """Templates from a spec: None or "none" gives the bare label; a name in NAMED gives that set; one
+    template string or a list of them is checked with `validate_template`.
+
+    Raises:
+        TemplateError: an empty list or a template that breaks the rule.
+    """
     if templates is None:
         return NAMED["none"]
     if isinstance(templates, str):
@@ -43,13 +92,7 @@ def resolve_templates(templates: str | list[str] | tuple[str, ...] | None) -> tu
         templates = [templates]
     out = tuple(templates)
     if not out:
-        raise ValueError("empty template list")
-    for t in out:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain exactly one {{}} for the label")
+        raise TemplateError("empty template list")
+    for i, t in enumerate(out):
+        validate_template(t, where if len(out) == 1 else f"{where} {i}")
     return out
-
-
-def parse_labels(text: str) -> list[str]:
-    """Labels as Azure's endpoint reads them: split on commas, stripped, empties dropped."""
-    return [part.strip() for part in text.split(",") if part.strip()]
