@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from clipedge.serve.batcher import DynamicBatcher, QueueFull
+from clipedge.serve.batcher import Admission, DynamicBatcher, QueueFull
 
 
 def run(coro):
@@ -21,7 +21,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
         return x[:, :1, 0, 0] * 10
 
     async def main():
-        b = DynamicBatcher(fn, ThreadPoolExecutor(1), max_batch=8, max_queue=100)
+        b = DynamicBatcher(fn, ThreadPoolExecutor(1), max_batch=8)
         b.start()
         inputs = [np.full((1 + i % 2, 1, 1, 1), i, dtype=np.float32) for i in range(10)]
         outs = await asyncio.gather(*(b.submit(x) for x in inputs))
@@ -34,28 +34,64 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
     assert sum(sizes) == 15 and max(sizes) <= 8 and len(sizes) < 10  # merged, never above max_batch
 
 
-def test_queue_full_is_immediate_and_errors_reach_every_request():
+def test_admission_bounds_the_queue_by_time():
+    a = Admission(max_queue_ms=1000, max_images=256, rate=50.0)
+    a.admit(64)  # alone on an idle server: admitted however large
+    with pytest.raises(QueueFull, match="ms of work queued; the limit is 1000 ms") as refused:
+        a.admit(1)  # 65 images at 50/s is 1.3 s
+    assert refused.value.retry_after >= 1 and a.in_flight == 64
+    a.release(64)
+    a.admit(40)
+    a.check(9)  # 49 images: 0.98 s
+    with pytest.raises(QueueFull):
+        a.check(11)
+    small = Admission(max_queue_ms=60_000, max_images=4, rate=1000.0)
+    small.admit(3)
+    with pytest.raises(QueueFull, match="the queue holds 4"):
+        small.admit(2)
+
+
+def test_admission_learns_the_rate_while_busy(monkeypatch):
+    from clipedge.serve import batcher
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(batcher.time, "monotonic", lambda: now["t"])
+    a = Admission(max_queue_ms=1000, max_images=1000, rate=1000.0, smoothing=0.5)
+    a.admit(20)
+    for _ in range(10):  # batches of 10 images finish every second: 10 images/s
+        now["t"] += 1.0
+        a.observe(10)
+    assert 9.0 < a.rate < 12.0
+    with pytest.raises(QueueFull):
+        a.check(1)  # 21 images at 10/s is 2.1 s
+
+
+def test_cancelled_requests_are_dropped_and_errors_reach_every_request():
     gate = threading.Event()
+    seen = []
 
     def slow(x):
+        seen.append(len(x))
         gate.wait(5)
         return x[:, :1, 0, 0]
 
     async def main():
-        b = DynamicBatcher(slow, ThreadPoolExecutor(1), max_batch=2, max_queue=3)
+        b = DynamicBatcher(slow, ThreadPoolExecutor(1), max_batch=2)
         b.start()
-        first = asyncio.ensure_future(b.submit(np.zeros((3, 1, 1, 1), np.float32)))
-        await asyncio.sleep(0.05)
-        t0 = time.monotonic()
-        with pytest.raises(QueueFull):
-            await b.submit(np.zeros((1, 1, 1, 1), np.float32))
-        assert time.monotonic() - t0 < 0.1
+        first = asyncio.ensure_future(b.submit(np.zeros((2, 1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # running: the next ones queue
+        gone = asyncio.ensure_future(b.submit(np.zeros((2, 1, 1, 1), np.float32)))
+        kept = asyncio.ensure_future(b.submit(np.ones((1, 1, 1, 1), np.float32)))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # its client went away while it waited
         gate.set()
         await first
+        assert (await kept).tolist() == [[1.0]]
         assert b.pending == 0
         await b.stop()
 
     run(main())
+    assert seen == [2, 1]  # the cancelled request's images never ran
 
     def broken(x):
         raise RuntimeError("tower failed")

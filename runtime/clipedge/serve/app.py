@@ -1,282 +1,344 @@
-"""The HTTP endpoint: FastAPI app speaking the Azure ML contract (/score) plus native routes.
+"""The HTTP endpoint's routes (needs the `serve` extra), at module level; the app's State is built in its
+lifespan, never at import.
 
-Inference never runs on the event loop: decoding and preprocessing go to a thread pool, the vision tower
-to the dynamic batcher's single inference thread, label embeddings (cached) to the text thread. The
-model loads and warms up in the background: /health answers at once, /ready says 503 until warm.
+Routes (DESIGN.md, Shared rules): GET / liveness ("Healthy", as Azure's inference server); POST / Hugging
+Face's zero-shot-image-classification task; POST /score Azure's model-catalog contract; POST /invocations
+MLflow 2.x scoring; POST /classify (multipart upload), /embed/image, /embed/text; GET /health, /ready,
+/metrics, /swagger.json (OpenAPI 3.1, as FastAPI writes it; also at /openapi.json), /docs.
+
+`create_app` returns the plain FastAPI app; `create_guarded_app` wraps it in the Guard (API key, body cap,
+slow-client limits, request ids) and, when origins are configured, CORS: that is what the runner serves
+and what an embedding application should serve.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from ..classifier import ZeroShotClassifier, softmax
-from ..fetch import FetchPolicy
-from ..images import DEFAULT_MAX_PIXELS, DecodePolicy, ImageError
-from ..templates import parse_labels
-from .batcher import DynamicBatcher, QueueFull
-from .contract import ApiError, Limits, check_labels, parse_score_request, score_response
-from .guard import BodyTooLarge, Guard
-from .metrics import Metrics
+from .. import __version__
+from ..images import ImageError
+from ..labels import LabelError, parse_labels
+from ..providers import without_dirs
+from ..templates import TemplateError, validate_template
+from .batcher import QueueFull
+from .contract import (
+    check_labels,
+    hf_response,
+    parse_hf_request,
+    parse_json,
+    parse_mlflow_request,
+    parse_score_request,
+    score_response,
+)
+from .errors import ApiError, error_body
+from .guard import BodyTooLarge, Guard, SlowBody
+from .state import ServeConfig, State, run_inference
 
 log = logging.getLogger("clipedge.serve")
-IMAGE_ERROR = "The provided image string cannot be decoded. Expected format is base64 string or url string"
+router = APIRouter()
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    bundle: str
-    precision: str = "auto"
-    provider: str = "auto"
-    threads: int | None = None
-    thread_pool: str = "shared"  # the server owns its process (clipedge.providers.session_options)
-    max_batch: int = 32
-    max_wait_ms: float = 0.0
-    max_queue: int = 256
-    max_body_bytes: int = 32 * 1024 * 1024
-    limits: Limits = field(default_factory=Limits)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    allow_private_urls: bool = False
-    api_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    decode_workers: int = 4
-    template: str | None = None
+def state_of(request: Request) -> State:
+    return request.app.state.clipedge
 
 
-class State:
-    """What one running app holds; built in its lifespan, never at import."""
-
-    def __init__(self, config: ServeConfig):
-        self.config = config
-        self.metrics = Metrics()
-        self.clf: ZeroShotClassifier | None = None
-        self.batcher: DynamicBatcher | None = None
-        self.ready = False
-        self.draining = False
-        self.load_error: str | None = None
-        self.decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="clipedge-decode")
-        self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="clipedge-vision")
-        self.text_pool = ThreadPoolExecutor(1, thread_name_prefix="clipedge-text")
-        self.policy = DecodePolicy(  # no file paths from the network: base64 or URLs only
-            max_pixels=config.max_pixels, fetch=FetchPolicy(allow_private=config.allow_private_urls), allow_paths=False
-        )
-
-    def load(self) -> None:
-        c = self.config
-        self.clf = ZeroShotClassifier.load(
-            c.bundle,
-            precision=c.precision,
-            provider=c.provider,
-            threads=c.threads,
-            thread_pool=c.thread_pool,
-            decode_policy=self.policy,
-        )
-        h, w = self.clf.bundle.manifest.preprocess.crop_size
-        for n in sorted({1, c.max_batch}):  # warm up the shapes the batcher will use
-            self.clf.encoder.embed_pixels(np.zeros((n, 3, h, w), dtype=np.float32), batch_size=n)
-        self.clf.label_embeddings(["warm-up"], c.template)
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
-def _error(status: int, code: str, message: str, row: int | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(ApiError(status, code, message, row).body(), status_code=status, headers=headers)
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    state = State(config)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        loop = asyncio.get_running_loop()
-
-        async def load() -> None:
-            try:
-                await loop.run_in_executor(state.infer_pool, state.load)
-            except Exception as e:  # reported by /ready, never a crash loop
-                state.load_error = f"{type(e).__name__}: {e}"
-                log.error("model failed to load: %s", state.load_error)
-                return
-            assert state.clf is not None
-            state.batcher = DynamicBatcher(
-                lambda px: state.clf.encoder.embed_pixels(px, batch_size=config.max_batch),  # type: ignore[union-attr]
-                state.infer_pool,
-                max_batch=config.max_batch,
-                max_wait=config.max_wait_ms / 1000,
-                max_queue=config.max_queue,
-                on_batch=state.metrics.batch_size.observe,
-            )
-            state.batcher.start()
-            state.ready = True
-            log.info("ready: %s %s on %s", config.bundle, state.clf.precision, state.clf.encoder.providers[0])
-
-        loader = asyncio.create_task(load())
-        yield
-        state.ready = False
-        loader.cancel()
-        if state.batcher is not None:
-            await state.batcher.stop()
-        for pool in (state.decode_pool, state.infer_pool, state.text_pool):
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    app = FastAPI(
-        title="clipedge",
-        description="CLIP zero-shot image classification (Azure ML model-catalog contract at /score)",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
-    app.state.clipedge = state
-
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        return _error(400, "invalid_input", f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error(e.status_code, "http_error", str(e.detail))
-
-    @app.exception_handler(BodyTooLarge)  # raised by the Guard's capped receive while a route reads the body
-    async def body_too_large(_: Request, e: BodyTooLarge) -> JSONResponse:
-        return _error(413, "body_too_large", f"request body exceeds {config.max_body_bytes:,} bytes")
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
-        return _error(503, "queue_full", f"server busy: {e}; retry shortly", headers={"Retry-After": "1"})
-
-    @app.exception_handler(Exception)
-    async def internal(_: Request, e: Exception) -> JSONResponse:
-        log.error("internal error: %s", type(e).__name__, exc_info=e)
-        return _error(500, "internal", "internal server error")
-
-    def require_ready() -> tuple[ZeroShotClassifier, DynamicBatcher]:
-        if not state.ready or state.clf is None or state.batcher is None:
-            raise ApiError(503, "not_ready", "model is loading; retry shortly")
-        return state.clf, state.batcher
-
-    async def decode_all(sources: list[Any]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        assert state.clf is not None
-        futures = [loop.run_in_executor(state.decode_pool, state.clf.prepare_image, s) for s in sources]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for i, r in enumerate(results):
-            if isinstance(r, ImageError):
-                raise ApiError(400, "invalid_image", f"{IMAGE_ERROR} ({r})", row=i)
-            if isinstance(r, BaseException):
-                raise r
-        return np.stack(results)  # type: ignore[arg-type]
-
-    async def classify(sources: list[Any], labels: list[str], template: str | None) -> list[dict[str, Any]]:
-        clf, batcher = require_ready()
-        loop = asyncio.get_running_loop()
-        label_task = loop.run_in_executor(state.text_pool, clf.label_embeddings, labels, template)
-        pixels = await decode_all(sources)
-        state.metrics.queue_depth.set(batcher.pending + len(pixels))
-        emb = await batcher.submit(pixels)
-        label_emb = await label_task
-        state.metrics.images.inc(len(pixels))
-        probs = softmax(clf.bundle.manifest.logit_scale * (emb @ label_emb.embeddings.T).astype(np.float64))
-        return score_response(labels, probs)
-
-    @app.post("/score", summary="Azure ML contract: input_data with image and text columns")
-    async def score(request: Request) -> JSONResponse:
-        body = await request.body()
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
-        req = parse_score_request(payload, config.limits)
-        return JSONResponse(await classify(req.images, req.labels, config.template))
-
-    @app.post("/classify", summary="multipart upload: one or more image files and comma-separated labels")
-    async def classify_upload(
-        files: list[UploadFile] = File(..., description="image files"),  # noqa: B008
-        labels: str = Form(..., description="comma-separated labels"),
-        template: str | None = Form(None, description='prompt template, e.g. "a photo of a {}."'),
-    ) -> JSONResponse:
-        label_list = parse_labels(labels)
-        check_labels(label_list, config.limits)
-        if len(files) > config.limits.max_images:
-            raise ApiError(400, "too_many_images", f"{len(files)} files; the limit is {config.limits.max_images}")
-        data = [await f.read() for f in files]
-        results = await classify(data, label_list, template or config.template)
-        return JSONResponse([{"image": f.filename, **r} for f, r in zip(files, results, strict=True)])
-
-    @app.post("/embed/image", summary='image embeddings: {"images": [base64 or URL, ...]}')
-    async def embed_image(request: Request) -> JSONResponse:
-        images = _json_list(await request.body(), "images", config.limits.max_images)
-        _, batcher = require_ready()
-        emb = await batcher.submit(await decode_all(images))
-        state.metrics.images.inc(len(emb))
-        return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})
-
-    @app.post("/embed/text", summary='text embeddings: {"texts": ["...", ...]}')
-    async def embed_text(request: Request) -> JSONResponse:
-        texts = _json_list(await request.body(), "texts", config.limits.max_labels)
-        long = next((i for i, t in enumerate(texts) if len(t) > config.limits.max_label_chars), None)
-        if long is not None:
-            raise ApiError(400, "text_too_long", f"text {long} exceeds {config.limits.max_label_chars} characters")
-        clf, _ = require_ready()
-        emb = await asyncio.get_running_loop().run_in_executor(state.text_pool, clf.embed_texts, texts)
-        return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})
-
-    @app.get("/health", summary="alive")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="200 once the model is loaded and warmed up; 503 before and while draining")
-    async def ready() -> JSONResponse:
-        if state.load_error:
-            return _error(503, "load_failed", state.load_error)
-        if state.draining:
-            return _error(503, "draining", "server is shutting down")
-        if not state.ready or state.clf is None:
-            return _error(503, "not_ready", "model is loading")
-        clf = state.clf
-        return JSONResponse(
-            {
-                "status": "ready",
-                "bundle": clf.bundle.manifest.name,
-                "precision": clf.precision,
-                "providers": clf.encoder.providers,
-            }
-        )
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        if state.batcher is not None:
-            state.metrics.queue_depth.set(state.batcher.pending)
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    if config.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"])
-    return Guard(app, state, config.api_key, config.max_body_bytes)  # type: ignore[return-value]
-
-
-def _json_list(body: bytes, key: str, limit: int) -> list[str]:
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and dropping its queued images) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ClientGone
+    finally:
+        gone.cancel()
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON; refused (503) before it is read when the queue is already full."""
+    state = state_of(request)
+    _, _, admission = state.require_ready()
+    with admission.reading_body():
+        body = await request.body()
+        if len(body) < 65536:
+            return parse_json(body)
+        # a large body is parsed off the event loop, which keeps answering (and refusing) other requests
+        return await asyncio.get_running_loop().run_in_executor(state.parse_pool, parse_json, body)
+
+
+async def infer(request: Request, images: list[Any], labels: list[str] | None, template: str | None):
+    """Admit the request (503 when its work would wait too long), then run it unless its client goes
+    away (see `run_inference`). Admission happens right after parsing, with no await in between."""
+    state = state_of(request)
+    _, _, admission = state.require_ready()
+    admission.admit(len(images))
+    state.metrics.queue_depth.set(admission.in_flight)
+    try:
+        return await unless_gone(request, run_inference(state, images, labels, template))
+    finally:
+        admission.release(len(images))
+        state.metrics.queue_depth.set(admission.in_flight)
+
+
+# -- scoring routes -------------------------------------------------------------------------------------
+@router.post("/score", summary="Azure ML contract: input_data with image and text columns")
+async def score(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req = parse_score_request(await read_json(request), state.config.limits)
+    label_emb, probs = await infer(request, req.images, req.labels, None)
+    return JSONResponse(score_response(list(label_emb.labels), probs))
+
+
+@router.post("/invocations", summary="MLflow 2.x scoring: dataframe_split or dataframe_records")
+async def invocations(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req = parse_mlflow_request(await read_json(request), state.config.limits)
+    label_emb, probs = await infer(request, req.images, req.labels, None)
+    return JSONResponse({"predictions": score_response(list(label_emb.labels), probs)})
+
+
+@router.post("/", summary="Hugging Face zero-shot-image-classification: inputs + parameters.candidate_labels")
+async def hugging_face(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req, many = parse_hf_request(await read_json(request), state.config.limits)
+    label_emb, probs = await infer(request, req.images, req.labels, req.template)
+    return JSONResponse(hf_response(list(label_emb.labels), probs, many))
+
+
+@router.post("/classify", summary="multipart upload: one or more image files and comma-separated labels")
+async def classify_upload(
+    request: Request,
+    files: list[UploadFile] = File(..., description="image files"),  # noqa: B008
+    labels: str = Form(..., description="comma-separated labels"),
+    template: str | None = Form(None, description='prompt template with one {}, e.g. "a photo of a {}."'),
+) -> JSONResponse:
+    state = state_of(request)
+    limits = state.config.limits
+    label_list = parse_labels(labels)
+    check_labels(label_list, limits)
+    if template:
+        validate_template(template)
+    if len(files) > limits.max_images:
+        raise ApiError(400, "too_many_images", f"{len(files)} files; the limit is {limits.max_images}")
+    data = [await f.read() for f in files]
+    label_emb, probs = await infer(request, data, label_list, template)
+    rows = score_response(list(label_emb.labels), probs)
+    return JSONResponse([{"image": f.filename, **r} for f, r in zip(files, rows, strict=True)])
+
+
+@router.post("/embed/image", summary='image embeddings: {"images": [base64 or URL, ...]}')
+async def embed_image(request: Request) -> JSONResponse:
+    state = state_of(request)
+    images = _json_list(await read_json(request), "images", state.config.limits.max_images)
+    _, emb = await infer(request, images, None, None)
+    return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})
+
+
+@router.post("/embed/text", summary='text embeddings: {"texts": ["...", ...]}')
+async def embed_text(request: Request) -> JSONResponse:
+    state = state_of(request)
+    limits = state.config.limits
+    texts = _json_list(await read_json(request), "texts", limits.max_labels)
+    check_labels(texts, limits)
+    clf, _, _ = state.require_ready()
+    emb = await asyncio.get_running_loop().run_in_executor(state.text_pool, clf.embed_texts, texts)
+    return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})
+
+
+def _json_list(payload: Any, key: str, limit: int) -> list[str]:
     items = payload.get(key) if isinstance(payload, dict) else None
     if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
         raise ApiError(400, "invalid_input", f'body must be {{"{key}": [string, ...]}} with at least one item')
     if len(items) > limit:
         raise ApiError(400, f"too_many_{key}", f"{len(items)} {key}; the limit is {limit}")
     return items
+
+
+# -- probes and descriptions ------------------------------------------------------------------------------
+@router.get("/", response_class=PlainTextResponse, summary="liveness, as Azure's inference server")
+async def liveness() -> str:
+    return "Healthy"
+
+
+@router.get("/health", summary="alive")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="200 once the model is loaded and warmed up; 503 before and while draining")
+async def ready(request: Request) -> JSONResponse:
+    state = state_of(request)
+    if state.load_error:
+        return JSONResponse(error_body("/ready", 503, "load_failed", state.load_error), status_code=503)
+    if state.draining:
+        return JSONResponse(error_body("/ready", 503, "draining", "server is shutting down"), status_code=503)
+    if not state.ready or state.clf is None:
+        return JSONResponse(error_body("/ready", 503, "not_ready", "model is loading"), status_code=503)
+    clf = state.clf
+    return JSONResponse(
+        {
+            "status": "ready",
+            "bundle": clf.bundle.manifest.name,
+            "precision": clf.precision,
+            "providers": clf.encoder.providers,
+        }
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    state = state_of(request)
+    if state.admission is not None:
+        state.metrics.queue_depth.set(state.admission.in_flight)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/swagger.json", summary="the API description (OpenAPI 3.1), where Azure's server serves it")
+async def swagger(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+def _reply(request: Request, status: int, code: str, message: str, row: int | None = None, headers=None):
+    return JSONResponse(error_body(request.url.path, status, code, message, row), status_code=status, headers=headers)
+
+
+async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
+    return _reply(request, e.status, e.code, e.message, e.row, e.headers or None)
+
+
+async def on_bad_value(request: Request, e: Exception) -> JSONResponse:
+    code = {TemplateError: "invalid_template", LabelError: "invalid_labels", ImageError: "invalid_image"}
+    return _reply(request, 400, code.get(type(e), "invalid_input"), str(e))
+
+
+async def on_validation(request: Request, e: RequestValidationError) -> JSONResponse:
+    first = e.errors()[0] if e.errors() else {}
+    where = ".".join(str(x) for x in first.get("loc", ()))
+    return _reply(request, 400, "invalid_input", f"{where}: {first.get('msg', 'invalid request')}")
+
+
+async def on_http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    return _reply(request, e.status_code, "http_error", str(e.detail))
+
+
+async def on_queue_full(request: Request, e: QueueFull) -> JSONResponse:
+    headers = {"Retry-After": str(e.retry_after)}
+    return _reply(request, 503, "queue_full", f"server busy: {e}; retry shortly", headers=headers)
+
+
+async def on_client_gone(request: Request, e: Exception) -> Response:
+    log.info("client went away before %s finished; its work was dropped", request.url.path)
+    return Response(status_code=499)
+
+
+async def on_internal(request: Request, e: Exception) -> Response:
+    if isinstance(e, BodyTooLarge | SlowBody):  # the Guard answers 413 / 408 once the app has unwound
+        return Response(status_code=413 if isinstance(e, BodyTooLarge) else 408)
+    log.error("internal error on %s: %s", request.url.path, type(e).__name__, exc_info=e)
+    return _reply(request, 500, "internal", "internal server error")
+
+
+HANDLERS: dict[Any, Any] = {
+    ApiError: on_api_error,
+    TemplateError: on_bad_value,
+    LabelError: on_bad_value,
+    ImageError: on_bad_value,
+    RequestValidationError: on_validation,
+    StarletteHTTPException: on_http,
+    QueueFull: on_queue_full,
+    ClientGone: on_client_gone,
+    ClientDisconnect: on_client_gone,
+    Exception: on_internal,
+}
+
+
+# -- the app ------------------------------------------------------------------------------------------------
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state: State = app.state.clipedge
+    loop = asyncio.get_running_loop()
+
+    async def load() -> None:
+        try:
+            rate = await loop.run_in_executor(state.infer_pool, state.load)
+        except Exception as e:  # one line, no traceback, no absolute paths; the runner exits non-zero
+            state.load_error = load_failure(e)
+            log.error("model failed to load: %s", state.load_error)
+            if state.on_load_failed is not None:
+                state.on_load_failed()
+            return
+        state.start_batcher(rate)
+        clf = state.clf
+        assert clf is not None
+        log.info("ready: %s %s on %s", clf.bundle.manifest.name, clf.precision, clf.encoder.providers[0])
+
+    loader = asyncio.create_task(load())
+    yield
+    state.ready = False
+    loader.cancel()
+    if state.batcher is not None:
+        await state.batcher.stop()
+    state.shutdown()
+
+
+def load_failure(e: Exception) -> str:
+    """A one-line reason without absolute paths."""
+    return without_dirs(" ".join(str(e).split()) or type(e).__name__)[:500]
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The plain FastAPI app (no API key or body cap: serve `create_guarded_app` unless you add your own)."""
+    app = FastAPI(
+        title="clipedge",
+        description="CLIP zero-shot image classification: Azure ML contract at /score, MLflow at /invocations, "
+        "Hugging Face's task at POST /",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.clipedge = State(config)
+    app.include_router(router)
+    for exc, handler in HANDLERS.items():
+        app.add_exception_handler(exc, handler)
+    return app
+
+
+def create_guarded_app(config: ServeConfig) -> Any:
+    """`create_app` wrapped in the Guard and, when origins are configured, CORS (outside the Guard, so that
+    preflights need no key and refusals carry CORS headers). This is the ASGI app the runner serves."""
+    app = create_app(config)
+    guarded: Any = Guard(app, app.state.clipedge)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        guarded = CORSMiddleware(
+            guarded,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-Api-Key", "Content-Type", "X-Request-Id", "X-Ms-Client-Request-Id"],
+            expose_headers=["X-Request-Id", "X-Ms-Request-Id", "X-Ms-Client-Request-Id", "X-Ms-Run-Fn-Exec-Ms"],
+        )
+    guarded.state = app.state  # type: ignore[attr-defined]
+    return guarded

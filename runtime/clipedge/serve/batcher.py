@@ -1,16 +1,26 @@
-"""Dynamic batching: images from concurrent requests share one vision-tower run.
+"""Dynamic batching and admission: images from concurrent requests share one vision-tower run, and the
+queue is bounded by time.
 
 One worker task runs the tower in a thread (the event loop never blocks). While a batch runs, new
 requests queue; the next batch takes everything queued, up to `max_batch` images. An idle worker waits at
 most `max_wait` for company before running (0 by default: at low load nothing waits, at high load the
-batches fill while the previous one runs). The queue is bounded in images: past `max_queue` a request is
-refused at once (QueueFull) instead of waiting behind work it cannot finish in time.
+batches fill while the previous one runs). Requests whose client went away are dropped from the queue.
+
+Admission (as Triton's and TorchServe's queue bounds, but in time): a request is refused before any
+decoding when the images already admitted plus its own would take longer than `max_queue_ms` at the
+measured rate. The rate is images finished per second while the server is busy (decoding and inference
+together, so it is what a client waits for), an exponential average over batches, seeded at warm-up.
+Requests still reading their bodies count as an average request each, so that a crowd arriving at an idle
+server is refused before its bodies are read, not after. A request alone on an idle server is always
+admitted, however large.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -19,7 +29,75 @@ import numpy as np
 
 
 class QueueFull(Exception):
-    """More images are waiting than the queue allows."""
+    """The queue cannot take the request in time; `retry_after` is a hint in whole seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Admission:
+    """Images admitted and not yet finished, against a time budget at the measured rate."""
+
+    def __init__(self, max_queue_ms: float, max_images: int, rate: float, smoothing: float = 0.3):
+        self.max_queue_s = max_queue_ms / 1000
+        self.max_images = max_images
+        self.rate = max(rate, 1e-3)  # images per second
+        self.smoothing = smoothing
+        self.in_flight = 0
+        self.reading = 0  # requests admitted to read their body, not yet counted
+        self.per_request = 1.0  # images per request, an exponential average
+        self._busy_since: float | None = None
+        self._last_done: float | None = None
+
+    def wait_s(self, n: int = 0) -> float:
+        """Estimated seconds until `n` more images would be done (bodies being read count too)."""
+        return (self.in_flight + self.reading * self.per_request + n) / self.rate
+
+    def check(self, n: int = 0) -> None:
+        """Raises QueueFull when `n` more images (0: a request whose size is not known yet) cannot be
+        admitted now."""
+        if self.in_flight == 0 and self.reading == 0:
+            return
+        if self.in_flight + n > self.max_images:
+            raise QueueFull(f"{self.in_flight} images in progress; the queue holds {self.max_images}")
+        wait = self.wait_s(n)
+        if wait > self.max_queue_s or (n == 0 and self.wait_s() >= self.max_queue_s):
+            # when the admitted work will have shrunk back within the budget (bodies being read aside)
+            retry = max(1, math.ceil((self.in_flight + n) / self.rate - self.max_queue_s))
+            raise QueueFull(
+                f"about {wait * 1000:.0f} ms of work queued; the limit is {self.max_queue_s * 1000:.0f} ms", retry
+            )
+
+    @contextlib.contextmanager
+    def reading_body(self):
+        """While a request's body is read and parsed (its size is not known yet)."""
+        self.check()
+        self.reading += 1
+        try:
+            yield
+        finally:
+            self.reading -= 1
+
+    def admit(self, n: int) -> None:
+        self.per_request = 0.8 * self.per_request + 0.2 * n  # refused or not, this is what requests weigh
+        self.check(n)
+        if self.in_flight == 0:
+            self._busy_since = time.monotonic()
+        self.in_flight += n
+
+    def release(self, n: int) -> None:
+        self.in_flight = max(0, self.in_flight - n)
+
+    def observe(self, images: int) -> None:
+        """A batch of `images` finished: update the rate from the time since the last finish (or since the
+        server became busy)."""
+        now = time.monotonic()
+        since = max(t for t in (self._last_done, self._busy_since, now - 60.0) if t is not None)
+        self._last_done = now
+        if images and now > since:
+            sample = images / (now - since)
+            self.rate = (1 - self.smoothing) * self.rate + self.smoothing * sample
 
 
 class DynamicBatcher:
@@ -29,11 +107,10 @@ class DynamicBatcher:
         executor: Executor,
         max_batch: int = 32,
         max_wait: float = 0.0,
-        max_queue: int = 256,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.fn, self.executor = fn, executor
-        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
+        self.max_batch, self.max_wait = max_batch, max_wait
         self.on_batch = on_batch
         self._items: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._pending = 0
@@ -60,10 +137,9 @@ class DynamicBatcher:
         self._items.clear()
 
     async def submit(self, pixels: np.ndarray) -> np.ndarray:
-        """pixel_values [K,3,H,W] -> embeddings [K,D], batched with other requests."""
+        """pixel_values [K,3,H,W] -> embeddings [K,D], batched with other requests. Cancelling the caller
+        (its client went away) drops the images unless their batch already runs."""
         n = len(pixels)
-        if self._pending + n > self.max_queue:
-            raise QueueFull(f"{self._pending} images waiting; the queue holds {self.max_queue}")
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._items.append((pixels, fut))
         self._pending += n
@@ -87,7 +163,7 @@ class DynamicBatcher:
                 size = 0
                 while self._items and (not batch or size + len(self._items[0][0]) <= self.max_batch):
                     item = self._items.popleft()
-                    if item[1].cancelled():
+                    if item[1].done():  # cancelled: the client went away
                         continue
                     batch.append(item)
                     size += len(item[0])

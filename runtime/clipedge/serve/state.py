@@ -1,0 +1,194 @@
+"""What one running endpoint holds, built when the app starts (never at import), and `run_inference`, the
+one path every scoring route takes: admit, embed the labels, fetch and prepare the images, run the vision
+tower through the batcher, score and format with the classifier's stages.
+
+Pools: URL fetches wait on remote servers, so they get a pool of their own (`fetch_workers` threads) and
+never hold the threads that decode other clients' images (`decode_workers`); the vision tower runs on one
+inference thread, the text tower on another. A pixel budget bounds the pixels being decoded at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..classifier import ZeroShotClassifier, is_url
+from ..fetch import FetchError, fetch_url
+from ..images import ImageError, PixelBudget, safe_url
+from ..labels import LabelEmbeddings, LabelError
+from ..options import LoadOptions
+from ..templates import TemplateError
+from .batcher import Admission, DynamicBatcher
+from .contract import Limits
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger("clipedge.serve")
+IMAGE_ERROR = "The provided image string cannot be decoded. Expected format is base64 string or url string"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The endpoint's configuration: how to load the model, and the server's limits."""
+
+    load: LoadOptions = field(default_factory=lambda: LoadOptions(thread_pool="shared"))
+    max_batch: int = 32
+    max_wait_ms: float = 0.0
+    max_queue: int = 256  # images admitted at once, whatever the time budget says
+    max_queue_ms: float = 1000.0  # refuse when the admitted work would take longer than this
+    max_body_bytes: int = 32 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    decode_workers: int = 4
+    fetch_workers: int = 32
+    pixel_budget: int = 100_000_000  # pixels decoding at once, across requests
+    template: str | None = None
+    client_timeout: float = 10.0  # headers, and each gap in a body, must arrive within this
+    min_body_rate: float = 4096  # bytes/s a body must average after client_timeout seconds
+
+
+def _yield_to_the_event_loop() -> None:
+    """Worker threads run at a lower priority (nice +5) than the event loop, which then answers probes and
+    refusals at once even while decoding and inference keep every core busy (Linux: per-thread nice)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
+
+
+class State:
+    """One app's model, batcher, admission, pools and metrics."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.clf: ZeroShotClassifier | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.admission: Admission | None = None
+        self.ready = False
+        self.draining = False
+        self.load_error: str | None = None
+        self.on_load_failed: Any = None  # set by the runner: stops the server
+
+        def pool(n: int, name: str) -> ThreadPoolExecutor:
+            return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
+
+        self.decode_pool = pool(config.decode_workers, "clipedge-decode")
+        self.fetch_pool = pool(config.fetch_workers, "clipedge-fetch")
+        self.infer_pool = pool(1, "clipedge-vision")  # ONNX Runtime's threads start here and inherit its priority
+        self.text_pool = pool(1, "clipedge-text")
+        self.parse_pool = pool(2, "clipedge-json")
+        # no file paths from the network: base64 or URLs only; messages never repeat the caller's strings
+        self.policy = replace(config.load.decode_policy(untrusted=True), budget=PixelBudget(config.pixel_budget))
+
+    def load(self) -> float:
+        """Load and warm up (runs on the inference thread). Returns the tower's images/s at max_batch."""
+        c = self.config
+        self.clf = c.load.load(self.policy)
+        h, w = self.clf.bundle.manifest.preprocess.crop_size
+        for n in sorted({1, c.max_batch}):  # warm up the shapes the batcher will use
+            self.clf.embed(np.zeros((n, 3, h, w), dtype=np.float32), batch_size=n)
+        pixels = np.zeros((c.max_batch, 3, h, w), dtype=np.float32)
+        best = float("inf")
+        for _ in range(3):  # the admission's first rate estimate: the tower alone, best of three
+            t0 = time.perf_counter()
+            self.clf.embed(pixels, batch_size=c.max_batch)
+            best = min(best, time.perf_counter() - t0)
+        rate = c.max_batch / max(best, 1e-6)
+        self.clf.label_embeddings(["warm-up"], c.template)
+        return rate
+
+    def start_batcher(self, rate: float) -> None:
+        assert self.clf is not None
+        c, clf = self.config, self.clf
+        self.admission = Admission(c.max_queue_ms, c.max_queue, rate)
+        admission = self.admission
+
+        def on_batch(size: int) -> None:
+            self.metrics.batch_size.observe(size)
+            admission.observe(size)
+
+        self.batcher = DynamicBatcher(
+            lambda px: clf.embed(px, batch_size=c.max_batch),
+            self.infer_pool,
+            max_batch=c.max_batch,
+            max_wait=c.max_wait_ms / 1000,
+            on_batch=on_batch,
+        )
+        self.batcher.start()
+        self.ready = True
+
+    def require_ready(self) -> tuple[ZeroShotClassifier, DynamicBatcher, Admission]:
+        if not self.ready or self.clf is None or self.batcher is None or self.admission is None:
+            raise ApiError(503, "not_ready", "model is loading; retry shortly", headers={"Retry-After": "1"})
+        return self.clf, self.batcher, self.admission
+
+    def shutdown(self) -> None:
+        for pool in (self.decode_pool, self.fetch_pool, self.infer_pool, self.text_pool, self.parse_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_inference(state: State, images: list[Any], labels: list[str] | None, template: str | None):
+    """The endpoint's one path from request to result rows (admission is the caller's: `app.infer`).
+
+    Returns:
+        (label embeddings, probabilities [N, L]) when labels are given, else (None, embeddings [N, D]).
+
+    Raises:
+        ApiError: not ready, overloaded (503), a bad image, label or template (400, naming the row).
+    """
+    clf, batcher, _ = state.require_ready()
+    loop = asyncio.get_running_loop()
+    label_task = None
+    if labels is not None:
+        label_task = loop.run_in_executor(state.text_pool, clf.labels, labels, template or state.config.template)
+    try:
+        pixels = await _prepare_all(state, clf, images)
+    except BaseException:
+        if label_task is not None:
+            label_task.cancel()
+        raise
+    emb = await batcher.submit(pixels)
+    state.metrics.images.inc(len(pixels))
+    if label_task is None:
+        return None, emb
+    try:
+        label_emb: LabelEmbeddings = await label_task
+    except (LabelError, TemplateError) as e:
+        raise ApiError(400, "invalid_labels" if isinstance(e, LabelError) else "invalid_template", str(e)) from None
+    return label_emb, clf.score(emb, label_emb)
+
+
+async def _prepare_all(state: State, clf: ZeroShotClassifier, sources: list[Any]) -> np.ndarray:
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + state.policy.fetch.timeout  # one deadline for every URL of the request
+
+    async def one(src: Any) -> np.ndarray:
+        name = None
+        if is_url(src):
+            name = safe_url(src)
+            try:
+                src = await loop.run_in_executor(state.fetch_pool, fetch_url, src.strip(), state.policy.fetch, deadline)
+            except FetchError as e:
+                raise ImageError(f"{name}: {e}") from None
+        return await loop.run_in_executor(state.decode_pool, clf.prepare, src, state.policy, name)
+
+    tasks = [asyncio.ensure_future(one(s)) for s in sources]
+    try:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for t in tasks:
+            t.cancel()
+    for i, r in enumerate(results):
+        if isinstance(r, ImageError):
+            raise ApiError(400, "invalid_image", f"{IMAGE_ERROR} ({r})", row=i)
+        if isinstance(r, BaseException):
+            raise r
+    return np.stack(results)  # type: ignore[arg-type]
