@@ -59,3 +59,25 @@ def photos():
     return {
         name: Image.fromarray(getattr(skimage.data, name)()) for name in ("astronaut", "coffee", "chelsea", "rocket")
     }
+
+
+@pytest.fixture(scope="session")
+def big_jpegs(tmp_path_factory, photos):
+    """Camera-sized photos, as users' files are: scikit-image's photos resized to 2000-4000 px on the long
+    side, with a camera sensor's grain (sigma 4 levels), saved as JPEG quality 95: 1.2-3.4 MB each, base64
+    cells of 1.6-4.5 MB."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("big-jpegs")
+    sizes = {"astronaut": 3000, "coffee": 4000, "chelsea": 2400, "rocket": 3200}
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, image in photos.items():
+        scale = sizes[name] / max(image.size)
+        big = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        grain = np.asarray(big).astype(np.float32) + rng.normal(0, 4, (big.height, big.width, 3))
+        path = folder / f"{name}.jpg"
+        Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=95)
+        paths.append(path)
+    return paths

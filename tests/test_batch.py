@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from clipedge.batch import read_rows
-from clipedge.batch.ray_engine import output_rows, pool_size
+from clipedge.batch.ray_engine import pool_size
 from clipedge.cli import main
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -79,7 +79,8 @@ def test_tables_in_each_format(folder, tmp_path, out_name):
         got = {r["id"]: r for r in read_rows(out)}
         assert [got[k]["top_label"] for k in "abc"] == ["red circle", "blue cross", "green star"]
         assert got["c"]["image"].startswith("<base64, ")
-        assert got["d"]["error"] == "row has no image value" and "missing.png: no such file" in got["e"]["error"]
+        assert got["d"]["error"].endswith(": row has no image value") and table.name in got["d"]["error"]
+        assert "missing.png: no such file" in got["e"]["error"]
 
 
 def test_azure_batch_layout(folder, tmp_path):
@@ -99,8 +100,9 @@ def test_azure_batch_layout(folder, tmp_path):
         w = csv.writer(f)
         w.writerow(["image", "text"])
         w.writerow([b64["green_star"], " , "])
-    out = tmp_path / "predictions.csv"
-    assert main(["batch", str(azure), "-o", str(out), "-m", str(DEMO), "--no-progress"]) == 1  # part3 has no labels
+    out = tmp_path / "native.csv"
+    args = ["batch", str(azure), "-o", str(out), "-m", str(DEMO), "--no-progress", "--layout", "native"]
+    assert main(args) == 1  # part3 has no labels
     rows = {r["id"]: r for r in read_rows(out)}
     assert (
         rows["part1.csv:0"]["labels"] == ["red circle", "blue cross"]
@@ -217,20 +219,21 @@ def test_ray_engine_gives_the_local_rows(folder, tmp_path):
     ray = pytest.importorskip("ray")
     local_out = tmp_path / "local.jsonl"
     assert run(folder, "--labels", LABELS, "-o", local_out) == 1
+    local_rows = read_rows(local_out)
     try:
-        for fmt in ("parquet", "jsonl"):
-            out = tmp_path / f"ray-{fmt}"
-            assert run(folder, "--labels", LABELS, "-o", out, "--engine", "ray", "--format", fmt) == 1
-            ray_rows = {r["id"]: r for r in output_rows(out)}
-            local_rows = {r["id"]: r for r in read_rows(local_out)}
-            assert set(ray_rows) == set(local_rows)
-            for k, r in local_rows.items():
-                assert ray_rows[k]["top_label"] == r["top_label"] and ray_rows[k]["labels"] == r["labels"]
-                assert (ray_rows[k]["error"] is None) == (r["error"] is None)
+        for name in ("ray.parquet", "ray.jsonl"):  # the output format is honoured, as by the local engine
+            out = tmp_path / name
+            assert run(folder, "--labels", LABELS, "-o", out, "--engine", "ray") == 1
+            assert out.is_file()
+            ray_rows = read_rows(out)
+            assert [r["id"] for r in ray_rows] == [r["id"] for r in local_rows]  # input order kept
+            for r, x in zip(local_rows, ray_rows, strict=True):
+                assert x["top_label"] == r["top_label"] and x["labels"] == r["labels"] and x["image"] == r["image"]
+                assert (x["error"] is None) == (r["error"] is None)
                 if r["probs"] is not None:
-                    assert ray_rows[k]["probs"] == pytest.approx(r["probs"], abs=1e-5)
+                    assert x["probs"] == pytest.approx(r["probs"], abs=1e-5)
         # resume: nothing left to do, nothing duplicated
-        assert run(folder, "--labels", LABELS, "-o", tmp_path / "ray-parquet", "--engine", "ray", "--resume") == 0
-        assert len(output_rows(tmp_path / "ray-parquet")) == 8
+        assert run(folder, "--labels", LABELS, "-o", tmp_path / "ray.parquet", "--engine", "ray", "--resume") == 0
+        assert len(read_rows(tmp_path / "ray.parquet")) == 8
     finally:
         ray.shutdown()

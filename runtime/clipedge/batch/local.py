@@ -1,8 +1,10 @@
 """The local batch engine: a bounded stream of images through a decode pool into batched inference.
 
 Decoding and preprocessing run in a thread pool a couple of batches ahead of inference (PIL and numpy
-release the GIL), so the two overlap; at most `lookahead` images are in memory at any time, however
-large the input. Results are written and flushed batch by batch; a bad image becomes an error row.
+release the GIL), so the two overlap; at most `lookahead` images, and at most `max_pending_bytes` of
+image strings (base64 cells of several MB each), are held at any time, however large the input. Results
+are written and flushed batch by batch. Every per-item failure, whatever the exception, is that item's
+error row, and the job goes on.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import ZeroShotClassifier, format_result
+from ..classifier import ZeroShotClassifier
 from ..images import ImageError
 from ..labels import LabelEmbeddings
-from .sinks import Writer
 from .sources import Group, Item, describe_ref
+
+MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -32,11 +35,22 @@ class Summary:
     skipped: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    errors: list[str] = field(default_factory=list)  # the first few, for the log
+    errors: list[str] = field(default_factory=list)  # the first few distinct messages, for the log
 
     @property
     def images_per_s(self) -> float:
         return (self.scored + self.failed) / self.seconds if self.seconds else 0.0
+
+    def count(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            if r["error"]:
+                self.failed += 1
+                named = r.get("group_error") or r["error"].split(": ", 1)[0].endswith(r["id"])
+                message = r["error"] if named else f"{r['id']}: {r['error']}"
+                if len(self.errors) < 20 and message not in self.errors:
+                    self.errors.append(message)
+            else:
+                self.scored += 1
 
     def line(self) -> str:
         state = "interrupted" if self.interrupted else "done"
@@ -50,57 +64,87 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
 
-def result_row(item: Item, labels: tuple[str, ...], probs: np.ndarray | None, error: str | None) -> dict[str, Any]:
-    """One output row (the schema of clipedge.batch.sinks)."""
-    row: dict[str, Any] = {"id": item.id, "image": describe_ref(item.image), "labels": list(labels)}
+def result_row(item: Item, result: dict[str, Any], group_error: bool = False) -> dict[str, Any]:
+    """One output row from an item and its `ZeroShotClassifier.format` result (see clipedge.batch.sinks)."""
+    row: dict[str, Any] = {
+        "id": item.id,
+        "image": describe_ref(item.image),
+        "labels": list(result["labels"]),
+        "group": item.group,
+        "row": item.row,
+    }
+    probs = result.get("probs")
     if probs is None:
-        return {**row, "probs": None, "top_label": None, "top_score": None, "error": error}
+        return {
+            **row,
+            "probs": None,
+            "top_label": None,
+            "top_score": None,
+            "error": result["error"],
+            "group_error": group_error,
+        }
     best = int(np.argmax(probs))
-    res = format_result(labels, probs)
-    return {**row, "probs": res["probs"], "top_label": labels[best], "top_score": float(probs[best]), "error": None}
+    return {**row, "probs": probs, "top_label": row["labels"][best], "top_score": float(probs[best]), "error": None}
+
+
+def no_labels_message(group: Group) -> str:
+    return f"{group.name}: no labels in the first row's text, and no --labels given; its rows were not scored"
 
 
 def prepare_item(clf: ZeroShotClassifier, item: Item) -> np.ndarray:
-    """Decode + preprocess one item's image (raises ImageError naming it)."""
+    """Decode + preprocess one item's image; raises ImageError naming it."""
+    if item.error:
+        raise ImageError(item.error)
     if not item.image:
         raise ImageError("row has no image value")
-    return clf.prepare_image(item.image)
+    return clf.prepare(item.image)
 
 
-def score_prepared(
-    clf: ZeroShotClassifier,
-    items: list[Item],
-    prepared: list[np.ndarray | Exception],
-    label_emb: LabelEmbeddings,
-    batch_size: int = 32,
+def prepare_or_error(clf: ZeroShotClassifier, item: Item) -> np.ndarray | Exception:
+    """`prepare_item`, with any failure returned in place of the pixels (never raised)."""
+    try:
+        return prepare_item(clf, item)
+    except ImageError as e:
+        return e
+    except Exception as e:  # whatever it is, it is this item's problem, not the job's
+        return ImageError(f"{item.id}: cannot prepare image ({type(e).__name__}: {e})")
+
+
+def score_items(
+    clf: ZeroShotClassifier, items: list[Item], prepared: list[np.ndarray | Exception], labels: LabelEmbeddings
 ) -> list[dict[str, Any]]:
-    """Result rows for items whose images were prepared (an exception in place of a bad one's pixels).
-    Shared by the local and the Ray engine, so both write the same rows."""
-    good = [i for i, p in enumerate(prepared) if not isinstance(p, Exception)]
-    probs = {}
-    if good:
-        emb = clf.encoder.embed_pixels(np.stack([prepared[i] for i in good]), batch_size=batch_size)  # type: ignore[misc]
-        probs = dict(zip(good, clf.scores(emb, label_emb), strict=True))
-    return [
-        result_row(item, label_emb.labels, probs[i], None)
-        if i in probs
-        else result_row(item, label_emb.labels, None, str(prepared[i]))
-        for i, item in enumerate(items)
-    ]
+    """Result rows for prepared items, through the classifier's stages. Shared by both engines."""
+    try:
+        results = clf.classify_prepared(prepared, labels, batch_size=len(prepared) or 1)
+    except Exception as e:  # the tower failed on this batch: every row of it says so, the job goes on
+        message = f"inference failed ({type(e).__name__}: {str(e)[:200]})"
+        results = [clf.format(labels.labels, None, None, message) for _ in items]
+    return [result_row(item, res) for item, res in zip(items, results, strict=True)]
 
 
 class LocalEngine:
-    def __init__(self, clf: ZeroShotClassifier, batch_size: int = 32, workers: int | None = None):
+    def __init__(
+        self,
+        clf: ZeroShotClassifier,
+        batch_size: int = 32,
+        workers: int | None = None,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ):
         self.clf, self.batch_size = clf, batch_size
         self.workers = workers or default_workers()
+        self.max_pending_bytes = max_pending_bytes
 
     def _prepared(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple[Item, Future]]:
         lookahead = 2 * self.batch_size + self.workers
         queue: deque[tuple[Item, Future]] = deque()
+        pending = 0
         for item in items:
-            queue.append((item, pool.submit(prepare_item, self.clf, item)))
-            if len(queue) >= lookahead:
-                yield queue.popleft()
+            queue.append((item, pool.submit(prepare_or_error, self.clf, item)))
+            pending += len(item.image)
+            while queue and (len(queue) >= lookahead or pending > self.max_pending_bytes):
+                done = queue.popleft()
+                pending -= len(done[0].image)
+                yield done
         while queue:
             yield queue.popleft()
 
@@ -109,7 +153,7 @@ class LocalEngine:
         groups: list[Group],
         labels: LabelEmbeddings | None,
         templates: Any,
-        writer: Writer,
+        writer: Any,
         skip: set[str],
         progress: Callable[[int], None] | None = None,
     ) -> Summary:
@@ -129,20 +173,16 @@ class LocalEngine:
         items: Iterable[Item] = group.items
         if skip:
             items = self._skipping(items, skip, summary)
-        if group.labels is not None:
-            if not group.labels:
-                for item in items:  # Azure file without labels: every row is an error row
-                    self._emit(
-                        writer,
-                        [result_row(item, (), None, f"{group.name}: no labels in the first row's text")],
-                        summary,
-                        progress,
-                    )
-                return
-            label_emb = self.clf.label_embeddings(group.labels, templates)
-        else:
-            assert labels is not None
-            label_emb = labels
+        label_emb = labels
+        if group.azure and group.file_labels():
+            label_emb = self.clf.labels(group.file_labels(), templates)
+        if label_emb is None:  # an Azure file without labels, and none on the command line
+            message = no_labels_message(group)
+            for item in items:
+                self._emit(
+                    writer, [result_row(item, self.clf.format((), None, None, message), True)], summary, progress
+                )
+            return
         batch: list[tuple[Item, Future]] = []
         for pair in self._prepared(items, pool):
             batch.append(pair)
@@ -160,26 +200,15 @@ class LocalEngine:
             else:
                 yield item
 
-    def _score(self, batch, label_emb: LabelEmbeddings, writer: Writer, summary: Summary, progress) -> None:
-        prepared: list[np.ndarray | Exception] = []
-        for _, fut in batch:
-            try:
-                prepared.append(fut.result())
-            except (ImageError, ValueError, OSError) as e:
-                prepared.append(e)
-        rows = score_prepared(self.clf, [item for item, _ in batch], prepared, label_emb, self.batch_size)
+    def _score(self, batch, label_emb: LabelEmbeddings, writer: Any, summary: Summary, progress) -> None:
+        items = [item for item, _ in batch]
+        rows = score_items(self.clf, items, [fut.result() for _, fut in batch], label_emb)
         self._emit(writer, rows, summary, progress)
 
     @staticmethod
-    def _emit(writer: Writer, rows: list[dict[str, Any]], summary: Summary, progress) -> None:
+    def _emit(writer: Any, rows: list[dict[str, Any]], summary: Summary, progress) -> None:
         writer.write(rows)
-        for r in rows:
-            if r["error"]:
-                summary.failed += 1
-                if len(summary.errors) < 20:
-                    summary.errors.append(f"{r['id']}: {r['error']}")
-            else:
-                summary.scored += 1
+        summary.count(rows)
         if progress:
             progress(len(rows))
 

@@ -1,49 +1,27 @@
-"""`--engine ray`: Ray Data runs the classifier in an actor pool (one ONNX Runtime session per actor, CPU
-or GPU) and writes result files into an output folder; the rows are the local engine's (same schema, same
-scoring code). Needs the `ray` extra.
+"""`--engine ray`: Ray Data reads the input and runs the classifier in an actor pool (one ONNX Runtime
+session per actor, CPU or GPU); the rows stream back to the driver, which writes them with the same
+writers as the local engine (same formats, layouts and resume). Needs the `ray` extra.
 
-The driver enumerates the inputs (paths, URLs or table rows) exactly as the local engine does; the actors
-read the images, so paths must be visible to every node (shared storage) or be URLs. The pool is sized
-from the cluster's resources, leaving one CPU for Ray Data's read and write tasks: on a 2-CPU machine a
-pool of two one-CPU actors would take every CPU and the read tasks would never run.
+Reading happens in Ray read tasks, one per Azure CSV file (one for any other input), so the driver never
+holds the images: it lists the input and receives result rows, whose size does not depend on the images.
+Paths must be visible to every node (shared storage) or be URLs. Rows keep the input's order. The pool is
+sized from the cluster's resources, leaving one CPU for Ray Data's read tasks: on a 2-CPU machine a pool
+of two one-CPU actors would take every CPU and the read tasks would never run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from .local import Summary, prepare_item, result_row, score_prepared
-from .sinks import OutputError, read_rows
-from .sources import Group, Item
+from ..options import LoadOptions
+from .local import Summary, no_labels_message, prepare_or_error, score_items
+from .sources import Item, open_input
 
-SUFFIX = {"parquet": ".parquet", "jsonl": ".json", "csv": ".csv"}
-
-
-def check_output_dir(path: str | Path, fmt: str, resume: bool) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: the Ray engine writes a folder of {fmt} files; this is a file")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise OutputError(f"{out}: folder exists and is not empty (use --resume to continue it)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise OutputError(f"{out}: not writable")
-    return out
-
-
-def output_rows(out_dir: Path) -> list[dict[str, Any]]:
-    """Every row in a Ray output folder."""
-    rows: list[dict[str, Any]] = []
-    for f in sorted(out_dir.rglob("*")):
-        if f.is_file() and f.suffix == ".json":  # Ray writes JSON lines with a .json suffix
-            rows += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
-        elif f.is_file() and f.suffix in (".parquet", ".csv"):
-            rows += read_rows(f)
-    return rows
+READ_BLOCK = 64  # rows per block a read task yields
 
 
 def pool_size(resources: dict[str, float], gpu: bool) -> tuple[int, float, float]:
@@ -55,117 +33,148 @@ def pool_size(resources: dict[str, float], gpu: bool) -> tuple[int, float, float
     return max(1, int((cpus - 1) // per_actor)), per_actor, 0.0
 
 
-class Scorer:
-    """A Ray Data actor: one classifier, fed batches of {"id", "image", "labels"} rows."""
+def _read_group(source: str, image_column: str, id_column: str | None, index: int, skip: frozenset[str]):
+    """A read task: the rows of one group, in blocks (runs on a Ray worker)."""
+    import pyarrow as pa
 
-    def __init__(
-        self,
-        bundle: str,
-        precision: str,
-        provider: str,
-        threads: int,
-        policy: Any,
-        templates: Any,
-        batch_size: int,
-        thread_pool: str = "shared",  # an actor owns its process
-    ):
-        from ..classifier import ZeroShotClassifier
-
-        self.clf = ZeroShotClassifier.load(
-            bundle,
-            precision=precision,
-            provider=provider,
-            threads=threads,
-            decode_policy=policy,
-            thread_pool=thread_pool,
+    group = open_input(source, image_column, id_column, check_ids=False)[index]
+    labels = json.dumps(group.file_labels()) if group.azure else ""
+    no_labels = no_labels_message(group) if group.azure else ""
+    block: list[dict[str, Any]] = []
+    for item in group.items:
+        if item.id in skip:
+            continue
+        block.append(
+            {
+                "id": item.id,
+                "image": item.image,
+                "group": item.group,
+                "row": item.row,
+                "error": item.error or "",  # a string column: Arrow would turn all-None into NaN
+                "labels": labels,
+                "no_labels": no_labels,
+            }
         )
-        self.templates, self.batch_size = templates, batch_size
+        if len(block) == READ_BLOCK:
+            yield pa.Table.from_pylist(block)
+            block = []
+    if block:
+        yield pa.Table.from_pylist(block)
+
+
+def _datasource(source: str, image_column: str, id_column: str | None, groups: int, skip: frozenset[str]):
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class InputSource(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:
+            meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
+            return [
+                ReadTask(functools.partial(_read_group, source, image_column, id_column, i, skip), meta)
+                for i in range(groups)
+            ]
+
+    return InputSource()
+
+
+class Scorer:
+    """A Ray Data actor: one classifier, fed blocks of rows from `_read_group`."""
+
+    def __init__(self, options: LoadOptions, templates: Any, fallback: Any, batch_size: int):
+        self.clf = options.load()
+        self.templates, self.fallback, self.batch_size = templates, fallback, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        items = [Item(str(i), str(im)) for i, im in zip(batch["id"], batch["image"], strict=True)]
-        label_sets = [json.loads(x) for x in batch["labels"]]
-        rows: list[dict[str, Any]] = [{}] * len(items)
-        for labels in {tuple(x) for x in label_sets}:  # one label set per Azure file, usually one in all
-            idx = [k for k, x in enumerate(label_sets) if tuple(x) == labels]
-            prepared: list[Any] = []
-            for k in idx:
-                try:
-                    prepared.append(prepare_item(self.clf, items[k]))
-                except (ValueError, OSError) as e:
-                    prepared.append(e)
-            if labels:
-                emb = self.clf.label_embeddings(list(labels), self.templates)
-                scored = score_prepared(self.clf, [items[k] for k in idx], prepared, emb, self.batch_size)
+        n = len(batch["id"])
+        items = [_item(batch, k) for k in range(n)]
+        rows: list[dict[str, Any]] = [{}] * n
+        for labels_json in dict.fromkeys(batch["labels"]):  # one label set per Azure file, usually one in all
+            idx = [k for k in range(n) if batch["labels"][k] == labels_json]
+            names = json.loads(labels_json) if labels_json else []
+            label_emb = self.clf.labels(names, self.templates) if names else self.fallback
+            if label_emb is None:
+                message = batch["no_labels"][idx[0]]
+                scored = [_no_labels_row(items[k], message) for k in idx]
             else:
-                scored = [result_row(items[k], (), None, "no labels in the first row's text") for k in idx]
+                prepared = [prepare_or_error(self.clf, items[k]) for k in idx]
+                scored = score_items(self.clf, [items[k] for k in idx], prepared, label_emb)
             for k, row in zip(idx, scored, strict=True):
                 rows[k] = row
-        out = {key: [r[key] for r in rows] for key in ("id", "image", "top_label", "top_score", "error")}
-        out["labels"] = [json.dumps(r["labels"]) for r in rows]
-        out["probs"] = [json.dumps(r["probs"]) for r in rows]
-        return out
+        return {key: [json.dumps(r[key]) if key in ("labels", "probs") else r.get(key) for r in rows] for key in OUT}
 
 
-def run_ray(args: Any, clf: Any, groups: list[Group], labels: Any, out: Path) -> Summary:
+def _item(batch: dict[str, Any], k: int) -> Item:
+    error = batch["error"][k]
+    return Item(
+        str(batch["id"][k]),
+        str(batch["image"][k]),
+        str(batch["group"][k]),
+        int(batch["row"][k]),
+        error if isinstance(error, str) and error else None,
+    )
+
+
+OUT = ("id", "image", "group", "row", "top_label", "top_score", "labels", "probs", "error", "group_error")
+
+
+def _no_labels_row(item: Item, message: str) -> dict[str, Any]:
+    from .local import result_row
+
+    return result_row(item, {"labels": [], "probs": None, "error": message}, group_error=True)
+
+
+def run_ray(job: Any, clf: Any, labels: Any, writer: Any, skip: set[str], progress: Any = None) -> Summary:
+    """Run a BatchJob on Ray (a local cluster unless `job.ray_address` or RAY_ADDRESS names one)."""
     import ray
 
     summary = Summary()
     start = time.perf_counter()
-    skip = set()
-    if args.resume and out.exists():
-        skip = {str(r["id"]) for r in output_rows(out)}
-    global_labels = list(labels.labels) if labels is not None else None
-    records = []
-    for group in groups:
-        group_labels = group.labels if group.labels is not None else global_labels
-        for item in group.items:
-            if item.id in skip:
-                summary.skipped += 1
-                continue
-            records.append({"id": item.id, "image": item.image, "labels": json.dumps(group_labels or [])})
-    if not records:
-        summary.seconds = time.perf_counter() - start
-        return summary
-    ray.init(address=args.ray_address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    gpu = args.provider in ("cuda", "tensorrt")
+    groups = open_input(job.input, job.image_column, job.id_column, check_ids=False)
+    ray.init(address=job.ray_address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    gpu = job.load.provider in ("cuda", "tensorrt")
     actors, cpus, gpus = pool_size(ray.cluster_resources(), gpu)
-    templates = args.template if args.template else args.templates
-    ds = ray.data.from_items(records).map_batches(
+    source = str(Path(job.input).resolve())
+    options = job.load.resolved()
+    options = LoadOptions(**{**options.__dict__, "bundle": str(Path(options.bundle).resolve()),
+                             "precision": clf.precision, "threads": int(cpus)})  # fmt: skip
+    ds = ray.data.read_datasource(_datasource(source, job.image_column, job.id_column, len(groups), frozenset(skip)))
+    ds = ds.map_batches(
         Scorer,
-        fn_constructor_kwargs={
-            "bundle": str(Path(args.model).resolve()),
-            "precision": clf.precision,
-            "provider": args.provider,
-            "threads": int(cpus),
-            "thread_pool": getattr(args, "thread_pool", "shared"),
-            "policy": clf.decode_policy,
-            "templates": templates,
-            "batch_size": args.batch_size,
-        },
-        batch_size=args.batch_size,
-        concurrency=actors,
+        fn_constructor_kwargs={"options": options, "templates": job.templates, "fallback": labels,
+                               "batch_size": job.batch_size},
+        batch_size=job.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,
         num_gpus=gpus,
         batch_format="numpy",
-    )
-    ds = ds.map_batches(_final_types, fn_kwargs={"fmt": args.format}, batch_format="pandas")
-    out.mkdir(parents=True, exist_ok=True)
-    writer = {"parquet": ds.write_parquet, "jsonl": ds.write_json, "csv": ds.write_csv}[args.format]
+    )  # fmt: skip
     try:
-        writer(str(out))
+        for batch in ds.iter_batches(batch_size=job.batch_size, batch_format="pandas"):
+            rows = [_decoded(r) for r in batch.to_dict("records")]
+            writer.write(rows)
+            summary.count(rows)
+            if progress:
+                progress(len(rows))
     except KeyboardInterrupt:
         summary.interrupted = True
-    written = [r for r in output_rows(out) if str(r["id"]) not in skip]
-    summary.failed = sum(1 for r in written if r.get("error"))
-    summary.scored = len(written) - summary.failed
-    summary.errors = [f"{r['id']}: {r['error']}" for r in written if r.get("error")][:20]
+    summary.skipped = len(skip)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _final_types(df, fmt: str):
-    """Lists back to lists for Parquet and JSON; CSV keeps them JSON-encoded, like the local CSV output."""
-    if fmt != "csv":
-        df["labels"] = df["labels"].map(json.loads)
-        df["probs"] = df["probs"].map(json.loads)
-    return df[["id", "image", "top_label", "top_score", "labels", "probs", "error"]]
+def _decoded(r: dict[str, Any]) -> dict[str, Any]:
+    out = dict(r)
+    out["labels"], out["probs"] = json.loads(r["labels"]), json.loads(r["probs"])
+    for key in ("top_label", "error"):
+        if out.get(key) != out.get(key) or out.get(key) is None:  # NaN from pandas
+            out[key] = None
+    if out.get("top_score") != out.get("top_score"):
+        out["top_score"] = None
+    out["row"] = int(out["row"])
+    out["group"] = out["group"] or ""
+    return out

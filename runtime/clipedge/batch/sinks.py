@@ -1,10 +1,19 @@
-"""Batch outputs: JSONL, CSV or Parquet, chosen by extension; appended and flushed as batches finish.
+"""Batch outputs, appended and flushed as batches finish, in one of two layouts:
 
-Row schema: id, image (path/URL, or "<base64, N chars>"), labels, probs, top_label, top_score, error.
-In CSV, labels and probs are JSON-encoded lists. `done_ids` reads what an output already holds so that
-`--resume` skips it; a JSONL/CSV line cut short by a crash is dropped and rewritten. Parquet cannot be
-appended to: its writer streams into `<out>.partial` (old rows first when resuming) and the file is
-renamed into place when the run ends, Ctrl-C included; a hard kill leaves the previous file intact.
+- native (any input): JSONL, CSV or Parquet, chosen by extension. Row schema: id, image (path/URL, or
+  "<base64, N chars>"), top_label, top_score, labels, probs, error; in CSV, labels and probs are
+  JSON-encoded lists.
+- azure (Azure's batch input): `predictions.csv` exactly as Azure's batch endpoint writes it, no header,
+  columns row_number_per_file (the row's 0-based position in its input file), preds (JSON list of
+  probabilities), labels (JSON list), file_name (the input CSV's name), rows in input order. A failed row
+  keeps its place with preds empty and labels []; its reason goes to `<output stem>.errors.csv` beside it
+  (file_name, row_number_per_file, error) and to stderr. Azure's notebook reads the file with
+  `pd.read_csv(f, header=None, names=["row_number_per_file", "preds", "labels", "file_name"])`.
+
+`done_ids` reads what an output already holds so that `--resume` skips it; a JSONL/CSV line cut short by a
+crash is dropped and rewritten, anything else that cannot be read is an OutputError naming the line.
+Parquet cannot be appended to: its writer streams into `<out>.partial` (old rows first when resuming) and
+the file is renamed into place when the run ends, Ctrl-C included; a hard kill leaves the previous file.
 """
 
 from __future__ import annotations
@@ -17,15 +26,27 @@ from pathlib import Path
 from typing import Any
 
 FIELDS = ["id", "image", "top_label", "top_score", "labels", "probs", "error"]
+AZURE_FIELDS = ["row_number_per_file", "preds", "labels", "file_name"]
+ERROR_FIELDS = ["file_name", "row_number_per_file", "error"]
 FORMATS = (".jsonl", ".csv", ".parquet")
+LAYOUTS = ("native", "azure")
 
 
 class OutputError(ValueError):
-    """An output path that cannot be written (checked before any work starts)."""
+    """An output path that cannot be written or resumed (checked before any work starts)."""
 
 
-def check_output(path: str | Path, resume: bool) -> Path:
+def check_output(path: str | Path, resume: bool, layout: str = "native") -> Path:
+    """The output file for a path and layout; an azure output may be a folder (predictions.csv inside).
+
+    Raises:
+        OutputError: unknown format, exists without --resume, folder missing or not writable.
+    """
     out = Path(path)
+    if layout == "azure" and (out.is_dir() or str(path).endswith(("/", os.sep))):
+        out = out / "predictions.csv"
+    if layout == "azure" and out.suffix.lower() != ".csv":
+        raise OutputError(f"{out}: Azure's layout writes a .csv file (e.g. predictions.csv), or give a folder")
     if out.suffix.lower() not in FORMATS:
         raise OutputError(f"{out}: output must end in {', '.join(FORMATS)}")
     if out.is_dir():
@@ -40,8 +61,16 @@ def check_output(path: str | Path, resume: bool) -> Path:
     return out
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids already in an output (for --resume); also trims a JSONL/CSV file cut mid-line by a crash."""
+def errors_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".errors.csv")
+
+
+def done_ids(path: Path, layout: str = "native") -> set[str]:
+    """Ids already in an output (for --resume); also trims a JSONL/CSV file cut mid-line by a crash.
+
+    Raises:
+        OutputError: the output cannot be read (naming the line).
+    """
     if not path.exists():
         return set()
     suffix = path.suffix.lower()
@@ -54,14 +83,34 @@ def done_ids(path: Path) -> set[str]:
             raise OutputError(f"{path}: cannot read the existing output to resume ({e})") from None
     _trim_partial_line(path)
     ids: set[str] = set()
-    with open(path, newline="", encoding="utf-8") as f:
-        if suffix == ".jsonl":
-            for line in f:
-                if line.strip():
-                    ids.add(str(json.loads(line)["id"]))
-        else:
-            ids = {row["id"] for row in csv.DictReader(f)}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            if suffix == ".jsonl":
+                for n, line in enumerate(f, start=1):
+                    if line.strip():
+                        ids.add(_jsonl_id(line, path, n))
+            elif layout == "azure":
+                for n, row in enumerate(csv.reader(f), start=1):
+                    if len(row) != len(AZURE_FIELDS):
+                        raise OutputError(f"{path}: line {n} is not an Azure prediction row; cannot resume it")
+                    ids.add(f"{row[3]}:{row[0]}")
+            else:
+                reader = csv.DictReader(f)
+                if reader.fieldnames and "id" not in reader.fieldnames:
+                    raise OutputError(f"{path}: has no id column; not a clipedge output, cannot resume it")
+                ids = {row["id"] for row in reader}
+    except UnicodeDecodeError:
+        raise OutputError(f"{path}: is not UTF-8 text; not a clipedge output, cannot resume it") from None
+    except csv.Error as e:
+        raise OutputError(f"{path}: cannot read the existing output to resume ({e})") from None
     return ids
+
+
+def _jsonl_id(line: str, path: Path, n: int) -> str:
+    try:
+        return str(json.loads(line)["id"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise OutputError(f"{path}: line {n} is not a clipedge result row; cannot resume this output") from None
 
 
 def _trim_partial_line(path: Path) -> None:
@@ -71,7 +120,7 @@ def _trim_partial_line(path: Path) -> None:
 
 
 class Writer:
-    """Appends result rows to an output file and flushes after each batch."""
+    """Appends native result rows to an output file and flushes after each batch."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -83,7 +132,7 @@ class Writer:
             new = not path.exists() or path.stat().st_size == 0
             self._f = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open for appends
             if self.suffix == ".csv":
-                self._csv = csv.DictWriter(self._f, fieldnames=FIELDS)
+                self._csv = csv.DictWriter(self._f, fieldnames=FIELDS, extrasaction="ignore")
                 if new:
                     self._csv.writeheader()
 
@@ -111,6 +160,7 @@ class Writer:
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        rows = [{k: r[k] for k in FIELDS} for r in rows]
         if self.suffix == ".jsonl":
             self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         elif self.suffix == ".csv":
@@ -132,8 +182,47 @@ class Writer:
             self._f.close()
 
 
+class AzureWriter:
+    """Appends rows in Azure's predictions.csv layout (no header) and failed rows to the errors file."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, 0
+        self._f = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open for appends
+        self._csv = csv.writer(self._f)
+        self._errors_path = errors_path(path)
+        self._errors = None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        failed = []
+        for r in rows:
+            if r["error"]:
+                self._csv.writerow([r["row"], "", "[]", r["group"]])
+                failed.append([r["group"], r["row"], r["error"]])
+            else:
+                self._csv.writerow([r["row"], json.dumps(r["probs"]), json.dumps(r["labels"]), r["group"]])
+        self._f.flush()
+        if failed:
+            if self._errors is None:
+                new = not self._errors_path.exists()
+                self._errors = open(self._errors_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+                if new:
+                    csv.writer(self._errors).writerow(ERROR_FIELDS)
+            csv.writer(self._errors).writerows(failed)
+            self._errors.flush()
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self._f.close()
+        if self._errors is not None:
+            self._errors.close()
+
+
+def open_writer(path: Path, layout: str = "native") -> Writer | AzureWriter:
+    return AzureWriter(path) if layout == "azure" else Writer(path)
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Every row of an output file (for tests and tools), lists decoded."""
+    """Every row of a native output file (for tests and tools), lists decoded."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
