@@ -3,7 +3,7 @@ with the PyTorch eager baseline in the same run; JSON + Markdown + PNG plots, op
 
     python -m bench                                  # demo bundle + ViT-B/32 architecture (random weights)
     python -m bench --bundle B [--checkpoint CKPT]   # any bundle (CKPT: its Hugging Face folder, for eager)
-    python -m bench --vitb32 --threads 1,2 --pools shared,session,session-spin --readme README.md --section cpu
+    python -m bench --vitb32 --threads 1,2 --pools shared,session,session-spin --doc docs/benchmarks.md --section cpu
 
 The ViT-B/32 model is the exact architecture with random weights, built and exported offline on first use
 (about a minute) into --cache. Latency does not depend on weight values; fidelity on random weights is not
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clipedge.providers import POOLS
+from clipedge.threads import POOLS
 
 from .suite import PROVIDERS, ROOT, Model, run
 
@@ -64,7 +64,7 @@ def heldout_set(cache: Path, per_class: int) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", action="append", default=[], help="a bundle folder (repeatable)")
     p.add_argument("--checkpoint", action="append", default=[], help="its Hugging Face folder (same order)")
@@ -87,46 +87,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fidelity", action="store_true")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
     p.add_argument("--out", default=None, help="report folder (default bench/results/bench-DATE)")
-    p.add_argument("--readme", default=None, help="write the Markdown into this README's bench section")
-    p.add_argument("--section", default="cpu", help="README section name (<!-- bench:NAME:start -->)")
+    p.add_argument("--doc", "--readme", dest="doc", default=None,
+                   help="write the Markdown into this file's bench section (e.g. docs/benchmarks.md)")  # fmt: skip
+    p.add_argument("--section", default="cpu", help="section name (<!-- bench:NAME:start -->)")
     args = p.parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        p.error(problem)
+    return args
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments (checked before any long work), or None."""
+    from clipedge.bundle import BundleError
+
+    from .report import check_doc
 
     unknown = [x for x in args.providers if x not in PROVIDERS]
     if unknown:
-        p.error(f"unknown provider {', '.join(unknown)} (choose from {', '.join(PROVIDERS)})")
+        return f"unknown provider {', '.join(unknown)} (choose from {', '.join(PROVIDERS)})"
     bad = [x for x in args.pools if x not in POOLS]
     if bad:
-        p.error(f"unknown thread pool {', '.join(bad)} (choose from {', '.join(POOLS)})")
+        return f"unknown thread pool {', '.join(bad)} (choose from {', '.join(POOLS)})"
     if len(args.checkpoint) > len(args.bundle):
-        p.error("more --checkpoint than --bundle (give them in pairs, same order)")
+        return "more --checkpoint than --bundle (give them in pairs, same order)"
     if args.heldout and not Path(args.heldout).is_dir():
-        p.error(f"--heldout {args.heldout}: no such folder")
-    from clipedge.bundle import BundleError
-
-    from .report import check_readme
-
+        return f"--heldout {args.heldout}: no such folder"
     try:
-        if args.readme:
-            check_readme(Path(args.readme), args.section)
-        checkpoints = args.checkpoint + [None] * (len(args.bundle) - len(args.checkpoint))
-        models = [bundle_model(b, c) for b, c in zip(args.bundle, checkpoints, strict=True)]
-        if args.demo or not (args.bundle or args.vitb32):
-            models.append(bundle_model(str(ROOT / "models" / "demo"), None))
-            models[-1].note = "trained demo model shipped in models/demo"
+        if args.doc:
+            check_doc(Path(args.doc), args.section)
+        for b in args.bundle:
+            bundle_model(b, None)
     except (BundleError, ValueError) as e:
-        p.error(str(e))
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+        return str(e)
+    return None
+
+
+def models_to_run(args: argparse.Namespace, cache: Path, log) -> list[Model]:
+    checkpoints = args.checkpoint + [None] * (len(args.bundle) - len(args.checkpoint))
+    models = [bundle_model(b, c) for b, c in zip(args.bundle, checkpoints, strict=True)]
+    if args.demo or not (args.bundle or args.vitb32):
+        models.append(bundle_model(str(ROOT / "models" / "demo"), None))
+        models[-1].note = "trained demo model shipped in models/demo"
     has_torch = importlib.util.find_spec("torch") is not None
     if args.vitb32 or (has_torch and not (args.bundle or args.demo)):
         models.append(build_vitb32(cache, log))
-    heldout = None
-    if not args.no_fidelity:
-        heldout = Path(args.heldout) if args.heldout else heldout_set(cache, args.heldout_per_class)
-    opts = {
+    return models
+
+
+def run_options(args: argparse.Namespace, heldout: Path | None) -> dict:
+    return {
         "batches": args.batches,
         "iters": args.iters,
         "min_seconds": args.min_seconds,
@@ -138,14 +148,29 @@ def main(argv: list[str] | None = None) -> int:
         "heldout": str(heldout or ""),
         "heldout_per_class": None if args.heldout else args.heldout_per_class,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    models = models_to_run(args, cache, log)
+    heldout = None
+    if not args.no_fidelity:
+        heldout = Path(args.heldout) if args.heldout else heldout_set(cache, args.heldout_per_class)
     image = ROOT / "models" / "demo" / "examples" / "red_circle.png"
+    opts = run_options(args, heldout)
     report = run(models, args.providers, args.precisions, args.threads, args.pools, opts, heldout, image, log)
 
     from .report import write_outputs
 
     out = Path(args.out or ROOT / "bench" / "results" / f"bench-{_dt.date.today().isoformat()}")
-    print(write_outputs(report, out, Path(args.readme) if args.readme else None, args.section))
-    log(f"wrote {out}: report.json, report.md, plots" + (f"; {args.readme}" if args.readme else ""))
+    print(write_outputs(report, out, Path(args.doc) if args.doc else None, args.section))
+    log(f"wrote {out}: report.json, report.md, plots" + (f"; {args.doc}" if args.doc else ""))
     return 0
 
 

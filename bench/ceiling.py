@@ -41,7 +41,7 @@ def matmul_rate(kind: str, m: int, k: int, n: int, threads: int | None, seconds:
         x = rng.standard_normal((m, k)).astype(np.float32)
     graph = helper.make_graph([node], "g", [a], [y], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    from clipedge.providers import session_options
+    from clipedge.threads import session_options
 
     session = ort.InferenceSession(  # clipedge's options: this joins the shared pool where one exists
         model.SerializeToString(), session_options(threads, "session"), providers=["CPUExecutionProvider"]
@@ -68,7 +68,7 @@ def vision_gop_per_image(arch: dict) -> float:
 def profile(path: Path, batch: int, side: int, threads: int | None, runs: int = 4) -> dict[str, float]:
     """ms per run by operator type (ONNX Runtime's own profiler)."""
     import onnxruntime as ort
-    from clipedge.providers import session_options
+    from clipedge.threads import session_options
 
     so = session_options(threads, "session")
     with tempfile.TemporaryDirectory() as tmp:

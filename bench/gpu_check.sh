@@ -5,8 +5,8 @@
 # fp16 validated on CUDA at export), then the unified harness (`python -m bench`) on the ViT-B/32
 # architecture with random weights: PyTorch eager on CPU and CUDA, ONNX Runtime on CPU, CUDA (with and
 # without IO binding), TensorRT and OpenVINO where each can run, every precision. Results go to $OUT.
-# `bash bench/gpu_check.sh tests` runs the tests only. Render the README section here afterwards with
-# `python -m bench.report RUN/report.json --readme README.md --section gpu`.
+# `bash bench/gpu_check.sh tests` runs the tests only. Render the docs section here afterwards with
+# `python -m bench.report RUN/report.json --doc docs/benchmarks.md --section gpu`.
 set -uo pipefail
 OUT=${OUT:-/tmp/clipedge-gpu}
 mkdir -p "$OUT" /tmp/site

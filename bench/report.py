@@ -1,6 +1,6 @@
-"""The report of one benchmark run: Markdown tables, PNG plots, and the README section generated from them.
+"""The report of one benchmark run: Markdown tables, PNG plots, and the docs section generated from them.
 
-python -m bench.report bench/results/RUN/report.json --readme README.md --section cpu   # re-render
+python -m bench.report bench/results/RUN/report.json --doc docs/benchmarks.md --section cpu   # re-render
 """
 
 from __future__ import annotations
@@ -232,32 +232,32 @@ def plot(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return files
 
 
-def _section(readme: Path, section: str) -> tuple[str, re.Pattern[str], str, str]:
-    """The README's text and its `<!-- bench:SECTION:start -->` ... `end -->` pattern; ValueError if absent."""
+def _section(doc: Path, section: str) -> tuple[str, re.Pattern[str], str, str]:
+    """The document's text and its `<!-- bench:SECTION:start -->` ... `end -->` pattern; ValueError if absent."""
     start, end = f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
     try:
-        text = readme.read_text(encoding="utf-8")
+        text = doc.read_text(encoding="utf-8")
     except OSError as e:
-        raise ValueError(f"{readme}: cannot read the README ({e.strerror or e})") from None
+        raise ValueError(f"{doc}: cannot read it ({e.strerror or e})") from None
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme}: no '{start}' ... '{end}' markers to replace")
+        raise ValueError(f"{doc}: no '{start}' ... '{end}' markers to replace")
     return text, pattern, start, end
 
 
-def check_readme(readme: Path, section: str) -> None:
-    """Raise ValueError now, before a long run, if the README section cannot be written later."""
-    _section(readme, section)
+def check_doc(doc: Path, section: str) -> None:
+    """Raise ValueError now, before a long run, if the document section cannot be written later."""
+    _section(doc, section)
 
 
-def update_readme(readme: Path, section: str, body: str) -> None:
+def update_doc(doc: Path, section: str, body: str) -> None:
     """Replace the text between `<!-- bench:SECTION:start -->` and `<!-- bench:SECTION:end -->`."""
-    text, pattern, start, end = _section(readme, section)
-    readme.write_text(pattern.sub(lambda _: f"{start}\n{body}{end}", text), encoding="utf-8")
+    text, pattern, start, end = _section(doc, section)
+    doc.write_text(pattern.sub(lambda _: f"{start}\n{body}{end}", text), encoding="utf-8")
 
 
-def write_outputs(report: dict[str, Any], out: Path, readme: Path | None = None, section: str = "cpu") -> str:
-    """report.json, report.md and the plots in `out`; the README section too when asked. Returns the Markdown."""
+def write_outputs(report: dict[str, Any], out: Path, doc: Path | None = None, section: str = "cpu") -> str:
+    """report.json, report.md and the plots in `out`; the document section too when asked. Returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     try:
@@ -266,21 +266,21 @@ def write_outputs(report: dict[str, Any], out: Path, readme: Path | None = None,
         plots = {}
     text = markdown(report, plots)
     (out / "report.md").write_text(text)
-    if readme is not None:
-        rel = os.path.relpath(out.resolve(), readme.resolve().parent)
-        update_readme(readme, section, markdown(report, {t: f"{rel}/{f}" for t, f in plots.items()}))
+    if doc is not None:
+        rel = os.path.relpath(out.resolve(), doc.resolve().parent)
+        update_doc(doc, section, markdown(report, {t: f"{rel}/{f}" for t, f in plots.items()}))
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="re-render a benchmark report (Markdown, plots, README section)")
+    p = argparse.ArgumentParser(description="re-render a benchmark report (Markdown, plots, docs section)")
     p.add_argument("report_json")
-    p.add_argument("--readme", default=None)
+    p.add_argument("--doc", "--readme", dest="doc", default=None, help="e.g. docs/benchmarks.md")
     p.add_argument("--section", default="cpu")
     args = p.parse_args(argv)
     path = Path(args.report_json)
     report = json.loads(path.read_text())
-    print(write_outputs(report, path.parent, Path(args.readme) if args.readme else None, args.section))
+    print(write_outputs(report, path.parent, Path(args.doc) if args.doc else None, args.section))
 
 
 if __name__ == "__main__":

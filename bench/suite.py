@@ -51,7 +51,7 @@ class Variant:
     provider: str
     precision: str
     threads: int | None
-    pool: str = "shared"  # ONNX Runtime thread pool (clipedge.providers.POOLS); CPU rows vary it
+    pool: str = "shared"  # ONNX Runtime thread pool (clipedge.threads.POOLS); CPU rows vary it
     iobinding: bool = False  # CUDA: input and output bound on the device
     skipped: str = ""
     result: dict[str, Any] = field(default_factory=dict)
@@ -217,10 +217,12 @@ def fidelity(m: Model, have: list[str], heldout: Path, provider: str, per_class:
     """Accuracy, top-1 agreement and image-embedding cosine to fp32 on the held-out set (one provider),
     for the precisions `have` of the bundle."""
     from clipedge.evaluate import evaluate
+    from clipedge.options import LoadOptions
 
     if provider == "cuda":
         have = [p for p in have if p != "int8"]
-    report = evaluate(m.bundle, heldout, have, provider=provider, limit_per_class=per_class).to_dict()
+    options = LoadOptions(str(m.bundle), provider=provider)
+    report = evaluate(options, heldout, have, limit_per_class=per_class).to_dict()
     report.pop("vision_seconds")
     return report
 

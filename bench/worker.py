@@ -65,7 +65,8 @@ def openvino_providers() -> list:
 
 def ort_session(path: str, provider: str, threads: int | None, pool: str):
     """A session on `provider` (cpu, cuda, tensorrt: clipedge's own path; openvino: the plugin EP)."""
-    from clipedge.providers import create_session, session_options
+    from clipedge.providers import create_session
+    from clipedge.threads import session_options
 
     if provider != "openvino":
         return create_session(path, provider, threads, strict=True, pool=pool)

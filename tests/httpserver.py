@@ -41,10 +41,13 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             self.send_response(200)
             self.end_headers()
-            for _ in range(50):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.1)
+            try:
+                for _ in range(200):  # 20 s
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         elif path == "/big":
             self.send_response(200)
             self.end_headers()  # no Content-Length: the cap must hold while streaming

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import headline, markdown, update_readme
+from bench.report import headline, markdown, update_doc
 from bench.suite import Model, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +24,14 @@ def tiny_run(tmp_path_factory, tiny_bundle, tiny_checkpoint):
         sys.executable, "-m", "bench", "--bundle", str(tiny_bundle), "--checkpoint", str(tiny_checkpoint),
         "--demo", "--batches", "1,4", "--iters", "3", "--min-seconds", "0", "--heldout-per-class", "2",
         "--providers", "cpu,cuda,openvino", "--pools", "shared,session-spin", "--cache", str(out / "cache"),
-        "--out", str(out / "run"), "--readme", str(readme),
+        "--out", str(out / "run"), "--doc", str(readme),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "run" / "report.json").read_text()), readme
 
 
+@pytest.mark.slow
 def test_every_variant_measured_or_explained(tiny_run, tiny_bundle):
     _, report, _ = tiny_run
     tiny = [v for v in report["variants"] if v["model"] == tiny_bundle.name]
@@ -55,6 +56,7 @@ def test_every_variant_measured_or_explained(tiny_run, tiny_bundle):
         assert cold["process_start_to_result_s"] > cold["in_process_s"] > 0 and cold["peak_rss_mb"] > 50
 
 
+@pytest.mark.slow
 def test_fidelity_machine_and_outputs(tiny_run, tiny_bundle):
     out, report, readme = tiny_run
     demo = report["fidelity"]["demo"]["cpu"]
@@ -117,11 +119,11 @@ def test_targets_table_judges_vitb32_only():
     assert "| target |" not in markdown(report)  # targets are for the ViT-B/32 architecture
 
 
-def test_update_readme_needs_markers(tmp_path):
+def test_update_doc_needs_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="bench:gpu:start"):
-        update_readme(readme, "gpu", "x\n")
+        update_doc(readme, "gpu", "x\n")
 
 
 def test_ceiling_counts_and_profiles(tiny_bundle):

@@ -38,6 +38,15 @@ def test_accuracy_targets_on_heldout_set(heldout):
         assert agree["fp16"] >= 0.99
 
 
+def test_eval_command_meets_the_same_floor(heldout, capsys):
+    import json
+
+    assert main(["eval", str(heldout), "-m", str(DEMO), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 600 and not out["failed"]
+    assert out["top1_accuracy"]["fp32"] >= 0.95 and out["top1_agreement_with_fp32"]["int8"] >= 0.99
+
+
 def test_readme_main_job_classifies_the_examples(tmp_path, capsys):
     import json
 

@@ -117,17 +117,18 @@ def test_private_opt_in_does_not_open_link_local():
 
 def test_one_deadline_covers_dns_and_headers(server):
     def slow_dns(host, port):
-        time.sleep(5)
+        time.sleep(30)
         return ["127.0.0.1"]
 
+    # timing margins of 10x the configured deadline (Shared rules); the remotes take 30 s and 60 s
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="timed out after 0.5 s resolving"):
         fetch_url("http://slow-dns.example/a.png", FetchPolicy(timeout=0.5, resolver=slow_dns))
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 5
     t0 = time.monotonic()  # a status line, then one header line a second: the deadline still holds
     with pytest.raises(FetchError, match="timed out after 1 s"):
         fetch_url(server.url + "/drip-headers", FetchPolicy(allow_private=True, timeout=1.0))
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10
     with pytest.raises(FetchError, match="connection closed after 10 of 1,000 bytes"):
         fetch_url(server.url + "/short-body", PRIVATE_OK)
 
@@ -144,7 +145,7 @@ def test_limits(server):
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="timed out after 0.5 s"):
         fetch_url(server.url + "/slow", FetchPolicy(allow_private=True, timeout=0.5))
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 5  # 10x the deadline; the remote takes 20 s
     with pytest.raises(FetchError, match="body exceeds the limit of 1,000,000 bytes"):
         fetch_url(server.url + "/big", FetchPolicy(allow_private=True, max_bytes=1_000_000))
     with pytest.raises(FetchError, match="HTTP 404"):

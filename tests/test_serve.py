@@ -291,9 +291,17 @@ def test_queue_full_gets_fast_503_while_accepted_succeed(vitb32_bundle):
 def test_sigterm_drains_in_flight_requests(vitb32_bundle):
     s = ServerProcess(vitb32_bundle, "--precision", "int8", "--max-batch", "8", "--max-queue-ms", "60000")
     s.wait_ready()
+
+    def in_flight() -> float:
+        text = httpx.get(s.url + "/metrics").text
+        return float(next(x.split()[1] for x in text.splitlines() if x.startswith("clipedge_queue_depth ")))
+
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(_request, s.url, 16) for _ in range(3)]
-        time.sleep(0.3)  # requests are in flight
+        deadline = time.monotonic() + 30
+        while in_flight() < 48 and time.monotonic() < deadline:  # all 48 images admitted, none finished
+            time.sleep(0.01)
+        assert in_flight() == 48  # the proof that work is in flight when the signal arrives
         s.proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in futures]
     assert [r.status_code for r, _ in results] == [200, 200, 200], [r.text for r, _ in results]

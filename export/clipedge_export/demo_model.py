@@ -53,6 +53,75 @@ def _features(out):
     return out if hasattr(out, "dim") else out.pooler_output
 
 
+class Encoding:
+    """Crops and captions to the model's inputs: OpenAI-normalised pixels, CLIP token ids (EOS-padded)."""
+
+    def __init__(self, tok):
+        import torch
+
+        self.tok = tok
+        self.mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+
+    def pixels(self, batch: np.ndarray):
+        import torch
+
+        return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
+
+    def token_ids(self, texts: list[str]):
+        import torch
+
+        enc = self.tok.encode_batch(texts)
+        length = max(len(e.ids) for e in enc)
+        ids = np.full((len(enc), length), 49407, dtype=np.int64)
+        for i, e in enumerate(enc):
+            ids[i, : len(e.ids)] = e.ids
+        return torch.from_numpy(ids)
+
+
+def _optimizer(model, lr: float, steps: int):
+    """AdamW (no decay on embeddings, biases and norms) and its warm-up + cosine schedule."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
+    warmup = max(1, steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return opt, lr_at
+
+
+def _sample_batch(rng, classes: np.ndarray, by_colour: list, batch_size: int, hard_fraction: float) -> np.ndarray:
+    if rng.random() < hard_fraction:
+        # a batch of one colour: only shape tells its captions apart (hard negatives; without them the
+        # model settles on colour alone and shape stays near chance for hundreds of steps)
+        pool = by_colour[int(rng.integers(len(by_colour)))]
+        return rng.choice(pool, size=min(batch_size, len(pool)), replace=False)
+    return rng.choice(len(classes), size=batch_size, replace=False)
+
+
+def _contrastive_loss(model, pixel_values, input_ids, batch_classes: np.ndarray):
+    """CLIP's symmetric loss with every same-class pair counted as a positive; also returns the scale."""
+    import torch
+    import torch.nn.functional as F
+
+    img = F.normalize(_features(model.get_image_features(pixel_values=pixel_values)), dim=-1)
+    txt = F.normalize(_features(model.get_text_features(input_ids=input_ids)), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt.T
+    same = torch.from_numpy(batch_classes[:, None] == batch_classes[None, :]).float()
+    target = same / same.sum(dim=1, keepdim=True)
+    loss = 0.5 * (-(target * F.log_softmax(logits, dim=1)).sum(1).mean())
+    return loss + 0.5 * (-(target * F.log_softmax(logits.T, dim=1)).sum(1).mean()), scale
+
+
 def train(
     out_dir: str | Path,
     seed: int = 0,
@@ -64,8 +133,8 @@ def train(
     threads: int = 2,
     log=print,
 ) -> Path:
+    """Train the demo CLIP into `out_dir` (a Hugging Face checkpoint folder); deterministic from `seed`."""
     import torch
-    import torch.nn.functional as F
     from clipedge.bundle import Preprocess
     from clipedge.preprocess import center_crop, resize_shortest_edge
     from transformers import CLIPConfig, CLIPModel
@@ -91,61 +160,23 @@ def train(
     crops, classes, samples = make_dataset(n_images, seed, crop)
     val_crops, val_classes, _ = make_dataset(600, seed + 999_983, crop)
     log(f"generated {n_images} training images in {time.perf_counter() - t_start:.0f} s")
-
-    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-
-    def pixels(batch: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255 - mean) / std
-
-    def token_ids(texts: list[str]) -> torch.Tensor:
-        enc = tok.encode_batch(texts)
-        length = max(len(e.ids) for e in enc)
-        ids = np.full((len(enc), length), 49407, dtype=np.int64)
-        for i, e in enumerate(enc):
-            ids[i, : len(e.ids)] = e.ids
-        return torch.from_numpy(ids)
-
+    enc = Encoding(tok)
     config = CLIPConfig(text_config=TEXT_CONFIG, vision_config=VISION_CONFIG, projection_dim=PROJECTION_DIM)
     model = CLIPModel(config)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
-    )
-    warmup = max(1, steps // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
+    opt, lr_at = _optimizer(model, lr, steps)
     rng = np.random.default_rng(seed + 1)
     colour_of = classes // len(SHAPES)
     by_colour = [np.flatnonzero(colour_of == c) for c in range(len(COLOURS))]
     for step in range(steps):
-        if rng.random() < hard_fraction:
-            # a batch of one colour: only shape tells its captions apart (hard negatives; without them the
-            # model settles on colour alone and shape stays near chance for hundreds of steps)
-            pool = by_colour[int(rng.integers(len(by_colour)))]
-            idx = rng.choice(pool, size=min(batch_size, len(pool)), replace=False)
-        else:
-            idx = rng.choice(n_images, size=batch_size, replace=False)
+        idx = _sample_batch(rng, classes, by_colour, batch_size, hard_fraction)
         batch = crops[idx]
         if rng.random() < 0.5:  # small colour-preserving augmentation: brightness jitter
             batch = np.clip(batch.astype(np.int16) + rng.integers(-12, 13), 0, 255).astype(np.uint8)
         captions = [samples[i].caption(rng) for i in idx]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        img = F.normalize(_features(model.get_image_features(pixel_values=pixels(batch))), dim=-1)
-        txt = F.normalize(_features(model.get_text_features(input_ids=token_ids(captions))), dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100)
-        logits = scale * img @ txt.T
-        same = torch.from_numpy(classes[idx][:, None] == classes[idx][None, :]).float()
-        target = same / same.sum(dim=1, keepdim=True)
-        loss = 0.5 * (-(target * F.log_softmax(logits, dim=1)).sum(1).mean())
-        loss = loss + 0.5 * (-(target * F.log_softmax(logits.T, dim=1)).sum(1).mean())
+        loss, scale = _contrastive_loss(model, enc.pixels(batch), enc.token_ids(captions), classes[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -153,23 +184,23 @@ def train(
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 500 == 0 or step == steps - 1:
-            acc = _zero_shot_accuracy(model, pixels(val_crops), val_classes, token_ids)
+            acc = _zero_shot_accuracy(model, enc.pixels(val_crops), val_classes, enc.token_ids)
             log(
                 f"step {step:5d}  loss {loss.item():.3f}  scale {scale.item():5.1f}  val top-1 {acc:.3f}  "
                 f"{time.perf_counter() - t_start:.0f} s"
             )
             model.train()
+    minutes = (time.perf_counter() - t_start) / 60
+    _save(model, out, {"seed": seed, "images": n_images, "steps": steps, "batch_size": batch_size}, minutes)
+    log(f"trained in {minutes:.1f} min -> {out}")
+    return out
+
+
+def _save(model, out: Path, facts: dict, minutes: float) -> None:
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(IMAGE_SIZE), indent=2))
-    minutes = (time.perf_counter() - t_start) / 60
-    (out / "training.json").write_text(
-        json.dumps(
-            {"seed": seed, "images": n_images, "steps": steps, "batch_size": batch_size, "minutes": round(minutes, 1)}
-        )
-    )
-    log(f"trained in {minutes:.1f} min -> {out}")
-    return out
+    (out / "training.json").write_text(json.dumps({**facts, "minutes": round(minutes, 1)}))
 
 
 def _zero_shot_accuracy(model, pixel_values, classes: np.ndarray, token_ids) -> float:

@@ -126,14 +126,62 @@ def export_bundle(
     return manifest
 
 
-def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, log) -> Manifest:
-    import torch
-    from clipedge.tokenizer import ClipTokenizer
+@dataclasses.dataclass(frozen=True)
+class Described:
+    """What the manifest says about a checkpoint besides its files."""
 
+    preprocess: Any
+    tokenizer: TokenizerSpec
+    architecture: Architecture
+    logit_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    """The fused fp32 towers (fp16 starts from these), the same with SkipLayerNorm split (fp32 and int8
+    start from these), and the fusions the optimizer applied."""
+
+    fused: dict[str, Path]
+    split: dict[str, Path]
+    fusions: dict[str, Any]
+
+
+def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, log) -> Manifest:
+    """The steps of an export, in order; each writes into `tmp`."""
     t_start = time.perf_counter()
     model = src.load_model(ckpt, config)
+    described = _describe(ckpt, config, model, tmp)
+    graphs = _export_graphs(model, config, described, tmp / "work", opset, log)
+    files = _build_variants(graphs, wanted, tmp, log)
+    variants = _validate(model, described, files, graphs, tmp, log)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        name=name,
+        source=Source(id=ckpt.id, kind=ckpt.kind, revision=ckpt.revision, weights=ckpt.weight_entries()),
+        architecture=described.architecture,
+        preprocess=described.preprocess,
+        tokenizer=described.tokenizer,
+        logit_scale=described.logit_scale,
+        embeddings_normalized=False,
+        towers={"vision": TowerIO(VISION.input, VISION.output), "text": TowerIO(TEXT.input, TEXT.output)},
+        precisions=variants,
+        tools=tool_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_manifest(tmp, manifest)
+    log(f"export took {time.perf_counter() - t_start:.1f} s")
+    return manifest
+
+
+def _describe(ckpt, config, model, tmp: Path) -> Described:
+    """Preprocessing, tokenizer (written to tmp/tokenizer.json), architecture figures and logit scale."""
     vcfg, tcfg = config.vision_config, config.text_config
     preprocess = src.load_preprocess(ckpt, vcfg.image_size)
+    if preprocess.crop_size != (vcfg.image_size, vcfg.image_size):
+        raise ExportError(
+            f"{ckpt.folder}: preprocessor crop {preprocess.crop_size} does not match the model's image_size "
+            f"{vcfg.image_size}"
+        )
     tok = src.load_tokenizer(ckpt)
     tok.save(str(tmp / "tokenizer.json"), pretty=False)
     spec = tokenizer_spec(tok, ckpt.folder, tcfg.max_position_embeddings)
@@ -151,15 +199,15 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
         text_layers=tcfg.num_hidden_layers,
         text_heads=tcfg.num_attention_heads,
     )
-    if preprocess.crop_size != (vcfg.image_size, vcfg.image_size):
-        raise ExportError(
-            f"{ckpt.folder}: preprocessor crop {preprocess.crop_size} does not match the model's image_size "
-            f"{vcfg.image_size}"
-        )
-    logit_scale = float(model.logit_scale.detach().exp().item())
-    work = tmp / "work"
-    work.mkdir()
+    return Described(preprocess, spec, arch, float(model.logit_scale.detach().exp().item()))
 
+
+def _export_graphs(model, config, described: Described, work: Path, opset: int, log) -> Graphs:
+    """torch.onnx.export of each tower, ONNX Runtime's transformer fusions, then the SkipLayerNorm split."""
+    import torch
+
+    vcfg, tcfg, spec = config.vision_config, config.text_config, described.tokenizer
+    work.mkdir()
     log(f"exporting towers (opset {opset})")
     raw = {"vision": work / "vision.raw.onnx", "text": work / "text.raw.onnx"}
     h = vcfg.image_size
@@ -174,33 +222,44 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
         "vision": prec.optimize(raw["vision"], fused["vision"], vcfg.num_attention_heads, vcfg.hidden_size),
         "text": prec.optimize(raw["text"], fused["text"], tcfg.num_attention_heads, tcfg.hidden_size),
     }
-
     split = {t: work / f"{t}.fp32.split.onnx" for t in ("vision", "text")}
     for t in ("vision", "text"):
         prec.split_skip_layernorm(fused[t], split[t])
+    return Graphs(fused, split, fusions)
 
+
+def _build_variants(graphs: Graphs, wanted: list[str], tmp: Path, log) -> dict[str, dict[str, Path]]:
+    """Each wanted precision's two tower files, by its recipe (see clipedge_export.precisions)."""
     files: dict[str, dict[str, Path]] = {}
     for p in wanted:
         files[p] = {t: tmp / f"{t}.{p}.onnx" for t in ("vision", "text")}
         for t in ("vision", "text"):
             if p == "fp32":
-                shutil.copyfile(split[t], files[p][t])
+                shutil.copyfile(graphs.split[t], files[p][t])
             elif p == "int8":
-                prec.quantize_int8(split[t], files[p][t])
+                prec.quantize_int8(graphs.split[t], files[p][t])
             else:
-                prec.convert_fp16(fused[t], files[p][t])
+                prec.convert_fp16(graphs.fused[t], files[p][t])
         log(f"built {p}")
+    return files
+
+
+def _validate(model, described: Described, files, graphs: Graphs, tmp: Path, log) -> dict[str, Variant]:
+    """Every variant against PyTorch on every provider that can run it; the figures go into the manifest
+    and a variant below its threshold fails the export."""
+    from clipedge.tokenizer import ClipTokenizer
 
     from . import validate as val
 
     log("validating against PyTorch")
-    ref = _reference(model, preprocess, ClipTokenizer(tmp / "tokenizer.json", spec), logit_scale)
+    tokenizer = ClipTokenizer(tmp / "tokenizer.json", described.tokenizer)
+    ref = _reference(model, described.preprocess, tokenizer, described.logit_scale)
     variants: dict[str, Variant] = {}
-    for p in wanted:
+    for p, paths in files.items():
         providers = _validation_providers(p)
         figures: dict[str, Any] = {}
         for provider in providers:
-            img, txt = _run_onnx(files[p], ref, provider)
+            img, txt = _run_onnx(paths, ref, provider)
             figures[provider] = val.parity(ref, img, txt)
             problem = check(p, figures[provider])
             if problem:
@@ -212,32 +271,15 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
         )
         recipe = {"fp32": prec.FP32_RECIPE, "int8": prec.INT8_RECIPE, "fp16": prec.FP16_RECIPE}[p]
         variants[p] = Variant(
-            vision=file_entry(tmp, files[p]["vision"].name),
-            text=file_entry(tmp, files[p]["text"].name),
+            vision=file_entry(tmp, paths["vision"].name),
+            text=file_entry(tmp, paths["text"].name),
             recipe=dict(recipe),
-            fusions={t: prec.count_ops(files[p][t]) for t in ("vision", "text")} | {"applied": fusions},
+            fusions={t: prec.count_ops(paths[t]) for t in ("vision", "text")} | {"applied": graphs.fusions},
             validated_on=tuple(providers),
             parity=figures,
             thresholds={"min_embedding_cosine": THRESHOLDS[p]},
         )
-
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        name=name,
-        source=Source(id=ckpt.id, kind=ckpt.kind, revision=ckpt.revision, weights=ckpt.weight_entries()),
-        architecture=arch,
-        preprocess=preprocess,
-        tokenizer=spec,
-        logit_scale=logit_scale,
-        embeddings_normalized=False,
-        towers={"vision": TowerIO(VISION.input, VISION.output), "text": TowerIO(TEXT.input, TEXT.output)},
-        precisions=variants,
-        tools=tool_versions(),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    write_manifest(tmp, manifest)
-    log(f"export took {time.perf_counter() - t_start:.1f} s")
-    return manifest
+    return variants
 
 
 def _validation_providers(precision: str) -> list[str]:

@@ -1,26 +1,24 @@
 """From a raw ONNX tower to the bundle's precisions: graph optimisation, int8 and fp16.
 
-Each recipe is data (it goes into the manifest as written here) and every choice in it was measured:
-see README "Export" and the export issue's closing note for the figures.
+Each recipe is data (it goes into the manifest as written here) and every choice in it was measured; the
+figures are in docs/export.md and bench/results.
 
 - fp32: ONNX Runtime's transformer optimizer (model_type "clip", opt_level 0 so nothing EP-specific is baked
   in) fuses attention, SkipLayerNorm and QuickGelu; then each SkipLayerNormalization is split back into
-  Add + LayerNormalization, because ONNX Runtime's CPU SkipLayerNormalization kernel is slow: on the
-  ViT-B/32 int8 image tower it took 78.5-79.9 ms of 549-628 at batch 32, Add + LayerNormalization
-  19.8-23.9 ms (`python -m bench.ceiling`). The optimizer only finds attention through the fused
-  SkipLayerNorm pattern, hence fuse first, split after.
-- int8: dynamic quantisation of the fp32 graph above (weights int8, activations quantised per batch at run time),
-  chosen with `python -m bench.int8_recipes` on the trained demo model's held-out set and the ViT-B/32
-  architecture (figures in README "Export"): signed int8 weights (the u8s8 path VNNI/AMX run fast; uint8
-  weights ran 1.9x slower); per-tensor (per-channel measured the same accuracy and speed, with a larger
-  graph); the patch-embedding Conv kept float (quantised, the image embedding's min cosine to fp32 fell
-  from 0.9989 to 0.9931); the final projection MatMul of each tower kept float (one more image of 3,000
-  agreed with fp32, +35 KB); the token-embedding table stored int8 behind the Gather (the demo bundle's
-  int8 towers 4.6 MB instead of 14.1 MB, same accuracy).
+  Add + LayerNormalization, because ONNX Runtime's CPU SkipLayerNormalization kernel is slow
+  (`python -m bench.ceiling`). The optimizer only finds attention through the fused SkipLayerNorm
+  pattern, hence fuse first, split after.
+- int8: dynamic quantisation of the fp32 graph above (weights int8, activations quantised per batch at
+  run time), chosen with `python -m bench.int8_recipes` on the trained demo model's held-out set and the
+  ViT-B/32 architecture: signed int8 weights (the u8s8 path VNNI/AMX run fast; uint8 weights were much
+  slower); per-tensor (per-channel measured the same accuracy and speed, with a larger graph); the
+  patch-embedding Conv kept float (quantised, the image embedding lost fidelity); the final projection
+  MatMul of each tower kept float (best agreement with fp32); the token-embedding table stored int8
+  behind the Gather (a third of the text tower's size, same accuracy).
 - fp16: the optimizer's own float16 conversion of the fused graph (SkipLayerNorm kept fused: fp16 is for
-  CUDA, whose kernel is fast), inputs and outputs kept float32. Fused
-  Attention computes softmax, and (Skip)LayerNormalization mean/variance, in float32 inside the kernels;
-  validation checks for NaN/inf on saturated images and long prompts.
+  CUDA, whose kernel is fast), inputs and outputs kept float32. Fused Attention computes softmax, and
+  (Skip)LayerNormalization mean/variance, in float32 inside the kernels; validation checks for NaN/inf
+  on saturated images and long prompts.
 """
 
 from __future__ import annotations

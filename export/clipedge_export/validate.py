@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from clipedge.classifier import zero_shot_probs
 from PIL import Image, ImageDraw
 
 # Minimum embedding cosine (both towers) per precision. fp32 must be numerically the same model.
@@ -81,10 +82,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _probs(img: np.ndarray, txt: np.ndarray, logit_scale: float) -> np.ndarray:
-    logits = logit_scale * _unit(img) @ _unit(txt).T
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+    return zero_shot_probs(_unit(img), _unit(txt), logit_scale)  # the runtime's own formula
 
 
 @dataclass(frozen=True)

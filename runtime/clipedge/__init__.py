@@ -7,13 +7,16 @@ from .bundle import Bundle, BundleError, load_bundle
 from .classifier import ZeroShotClassifier
 from .images import ImageError
 from .labels import LabelEmbeddings
-from .providers import ProviderError
+from .options import LoadOptions
+from .providers import ModelLoadError, ProviderError
 
 __all__ = [
     "Bundle",
     "BundleError",
     "ImageError",
     "LabelEmbeddings",
+    "LoadOptions",
+    "ModelLoadError",
     "ProviderError",
     "ZeroShotClassifier",
     "load_bundle",

@@ -203,7 +203,11 @@ class Bundle:
         return self.path / getattr(self.variant(precision), tower).file
 
     def verify(self, precision: str | None = None) -> None:
-        """Check sha256 and size of the tokenizer and of one precision's towers (all precisions if None)."""
+        """Check sha256 and size of the tokenizer and of one precision's towers (all precisions if None).
+
+        Raises:
+            BundleError: a file is missing, or its size or sha256 differs from the manifest.
+        """
         m = self.manifest
         entries = [FileEntry(m.tokenizer.file, m.tokenizer.sha256, -1)]
         for name in [precision] if precision else list(m.precisions):
@@ -226,7 +230,18 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
-    """Read a bundle folder. `verify`: True checks every file, a precision name checks that one, False none."""
+    """Read a bundle folder.
+
+    Args:
+        path: the folder.
+        verify: True checks every file's sha256, a precision name checks that precision's files, False none.
+
+    Returns:
+        The bundle (its manifest validated).
+
+    Raises:
+        BundleError: not a folder, no or malformed manifest.json, or a file that fails verification.
+    """
     folder = Path(path)
     mpath = folder / MANIFEST
     if not folder.is_dir():

@@ -36,6 +36,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def zero_shot_probs(image_embeddings: np.ndarray, label_embeddings: np.ndarray, logit_scale: float) -> np.ndarray:
+    """CLIP's zero-shot probabilities for unit embeddings: softmax over labels of logit_scale x cosine,
+    float64 [N, L]. The one place they are computed (the classifier's `score`, export's validation)."""
+    return softmax(logit_scale * (image_embeddings @ label_embeddings.T).astype(np.float64))
+
+
 def load_images(
     sources: Sequence[ImageInput], policy: DecodePolicy | None = None, workers: int | None = None
 ) -> list[Image.Image | ImageError]:
@@ -106,7 +112,7 @@ class ZeroShotClassifier:
             cache_size: label embeddings kept in the LRU cache.
             fast_jpeg: let libjpeg decode large JPEGs at 1/2..1/8 scale (faster; embeddings change slightly).
             thread_pool: "session" (plays well with other ONNX Runtime users in the process), "shared" or
-                "session-spin" (see `clipedge.providers.session_options`).
+                "session-spin" (see `clipedge.threads.session_options`).
 
         Returns:
             The classifier.
@@ -257,8 +263,7 @@ class ZeroShotClassifier:
     # -- stage 3: score, stage 4: format --------------------------------------------------------------
     def score(self, image_embeddings: np.ndarray, labels: LabelEmbeddings) -> np.ndarray:
         """Probabilities float32 [N, L]: softmax over labels of logit_scale x cosine (embeddings are unit)."""
-        logits = self.bundle.manifest.logit_scale * (image_embeddings @ labels.embeddings.T)
-        return softmax(logits.astype(np.float64)).astype(np.float32)
+        return zero_shot_probs(image_embeddings, labels.embeddings, self.bundle.manifest.logit_scale).astype(np.float32)
 
     scores = score  # clipedge 0.1 name
 

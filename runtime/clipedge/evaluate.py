@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .bundle import load_bundle
-from .classifier import ZeroShotClassifier
 from .images import IMAGE_EXTENSIONS, ImageError
-from .providers import ProviderSpec
+from .options import LoadOptions
 
 
 @dataclass
@@ -66,21 +65,38 @@ def image_folder(root: str | Path, limit_per_class: int | None = None) -> tuple[
 
 
 def evaluate(
-    bundle: str | Path,
+    model: LoadOptions | str | Path,
     dataset: str | Path,
     precisions: Sequence[str] | None = None,
     templates: str | Sequence[str] | None = "a photo of a {}.",
-    provider: ProviderSpec = "cpu",
-    threads: int | None = None,
     chunk: int = 256,
     limit_per_class: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    thread_pool: str = "session",
 ) -> EvalReport:
-    """Top-1 accuracy per precision (all the bundle has by default) and top-1 agreement with fp32."""
+    """Top-1 accuracy per precision and top-1 agreement with fp32, on an image-folder dataset.
+
+    Args:
+        model: load options (their precision is replaced by each of `precisions`), or a bundle folder
+            (then on the CPU provider).
+        dataset: one sub-folder of images per class; the folder name (underscores read as spaces) is the
+            class text.
+        precisions: the precisions to compare (default: every one the bundle has).
+        templates: prompt template(s) for the class texts.
+        chunk: images decoded at a time.
+        limit_per_class: use at most this many images per class.
+        progress: called with (done, total) after each chunk.
+
+    Returns:
+        The report; images that cannot be decoded are listed in `failed` and left out of the figures.
+
+    Raises:
+        ValueError: the dataset is not an image folder. Load errors as `ZeroShotClassifier.load`.
+    """
+    options = model if isinstance(model, LoadOptions) else LoadOptions(str(model), provider="cpu")
+    options = options.resolved()
     classes, paths, targets = image_folder(dataset, limit_per_class)
-    names = list(precisions or load_bundle(bundle, verify=False).manifest.precisions)
-    clfs = {p: ZeroShotClassifier.load(bundle, p, provider, threads, thread_pool=thread_pool) for p in names}
+    names = list(precisions or load_bundle(options.bundle, verify=False).manifest.precisions)  # type: ignore[arg-type]
+    clfs = {p: replace(options, precision=p).load() for p in names}
     first = clfs[names[0]]
     labels = {p: c.label_embeddings(classes, templates) for p, c in clfs.items()}
     report = EvalReport(str(dataset), classes, len(paths))

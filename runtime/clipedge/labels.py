@@ -76,6 +76,8 @@ def check_labels(labels: Sequence[object]) -> list[str]:
 
 @dataclass(frozen=True)
 class LabelEmbeddings:
+    """Unit text embeddings of labels (templates averaged), made with one bundle and precision."""
+
     labels: tuple[str, ...]
     templates: tuple[str, ...]
     embeddings: np.ndarray  # float32 [len(labels), D], unit rows
@@ -83,6 +85,11 @@ class LabelEmbeddings:
     precision: str
 
     def save(self, path: str | Path) -> None:
+        """Write an .npz (embeddings + labels, templates, bundle hash, precision).
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         meta = {
             "format": FILE_FORMAT,
             "bundle_hash": self.bundle_hash,
@@ -95,7 +102,18 @@ class LabelEmbeddings:
 
     @classmethod
     def load(cls, path: str | Path, bundle_hash: str | None = None) -> LabelEmbeddings:
-        """Read a file written by `save`; refused when `bundle_hash` is given and differs."""
+        """Read a file written by `save`.
+
+        Args:
+            path: the .npz.
+            bundle_hash: when given, the file must have been made with this bundle.
+
+        Returns:
+            The label embeddings.
+
+        Raises:
+            LabelFileError: missing, malformed, of an unknown format, or made with another bundle.
+        """
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))

@@ -37,6 +37,73 @@ class SlowBody(Exception):
     pass
 
 
+def request_ids(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The id headers of a response, as Azure's inference server sets them."""
+    request_id = headers.get("x-request-id", "")
+    if not REQUEST_ID.match(request_id):
+        request_id = str(uuid.uuid4())
+    client_id = headers.get("x-ms-client-request-id", "")
+    return [
+        (b"x-request-id", request_id.encode()),
+        (b"x-ms-request-id", request_id.encode()),
+        (b"x-ms-client-request-id", (client_id if REQUEST_ID.match(client_id) else request_id).encode()),
+    ]
+
+
+class Exchange:
+    """One request through the Guard: a receive that enforces the body limits, a send that adds the id
+    headers and, once the body was cut off, drops whatever the app still answers."""
+
+    def __init__(self, guard: Guard, scope: dict, receive: Any, send: Any):
+        self.guard, self.scope, self._receive, self._send = guard, scope, receive, send
+        self.path = scope.get("path", "")
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        self.ids = request_ids(self.headers)
+        self.start = time.perf_counter()
+        self.status, self.started, self.refused = 500, False, 0
+        self.received, self.body_done, self.began = 0, False, time.monotonic()
+
+    async def send(self, message: dict) -> None:
+        if self.refused:  # the app answers a body we cut off: the Guard answers what really happened
+            return
+        if message["type"] == "http.response.start":
+            elapsed = f"{(time.perf_counter() - self.start) * 1000:.3f}".encode()
+            headers = [*message.get("headers", []), *self.ids, (b"x-ms-run-fn-exec-ms", elapsed)]
+            message = {**message, "headers": headers}
+            self.status, self.started = message["status"], True
+        await self._send(message)
+
+    async def receive(self) -> dict:
+        if self.body_done:  # e.g. a route waiting for the client to go away: no time limit
+            return await self._receive()
+        g = self.guard
+        try:
+            message = await asyncio.wait_for(self._receive(), g.timeout)
+        except asyncio.TimeoutError:
+            self.refused = 408
+            raise SlowBody from None
+        if message["type"] != "http.request" or not message.get("more_body"):
+            self.body_done = True
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > g.max_body:
+                self.refused = 413
+                raise BodyTooLarge
+            elapsed = time.monotonic() - self.began
+            if not self.body_done and elapsed > g.timeout and self.received / elapsed < g.min_rate:
+                self.refused = 408
+                raise SlowBody
+        return message
+
+    async def reply(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
+        body = error_bytes(self.path, status, code, message)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+        self.refused = 0
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+
 class Guard:
     def __init__(self, app: Any, state: Any):
         config = state.config
@@ -47,84 +114,31 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        route = path if path in ROUTES else "other"
-        start = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        request_id = headers.get("x-request-id", "")
-        if not REQUEST_ID.match(request_id):
-            request_id = str(uuid.uuid4())
-        client_id = headers.get("x-ms-client-request-id", "")
-        ids = [
-            (b"x-request-id", request_id.encode()),
-            (b"x-ms-request-id", request_id.encode()),
-            (b"x-ms-client-request-id", (client_id if REQUEST_ID.match(client_id) else request_id).encode()),
-        ]
-        status = {"code": 500, "started": False}
-        refused = {"status": 0}
-
-        async def tracked_send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                if refused["status"]:  # the app answered a body we cut off: answer what really happened
-                    return
-                elapsed = f"{(time.perf_counter() - start) * 1000:.3f}".encode()
-                message = {**message, "headers": [*message.get("headers", []), *ids, (b"x-ms-run-fn-exec-ms", elapsed)]}
-                status["code"], status["started"] = message["status"], True
-            elif refused["status"]:
-                return
-            await send(message)
-
+        x = Exchange(self, scope, receive, send)
         try:
-            if self.api_key and not self._open(path, scope) and not self._authorised(headers):
-                extra = {"www-authenticate": "Bearer"}
-                await self._reply(tracked_send, path, 401, "unauthorized", "missing or wrong API key", extra)
-                return
-            length = headers.get("content-length")
-            if length and length.isdigit() and int(length) > self.max_body:
-                await self._reply(tracked_send, path, 413, "body_too_large", self._too_large())
-                return
-            received, body_done = 0, False
-            began = time.monotonic()
-
-            async def guarded_receive() -> dict:
-                nonlocal received, body_done
-                if body_done:  # e.g. a route waiting for the client to go away: no time limit
-                    return await receive()
-                try:
-                    message = await asyncio.wait_for(receive(), self.timeout)
-                except asyncio.TimeoutError:
-                    refused["status"] = 408
-                    raise SlowBody from None
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    body_done = True
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body:
-                        refused["status"] = 413
-                        raise BodyTooLarge
-                    elapsed = time.monotonic() - began
-                    if not body_done and elapsed > self.timeout and received / elapsed < self.min_rate:
-                        refused["status"] = 408
-                        raise SlowBody
-                return message
-
-            with contextlib.suppress(BodyTooLarge, SlowBody):
-                await self.app(scope, guarded_receive, tracked_send)
-            if refused["status"] and not status["started"]:
-                code = refused["status"]
-                refused["status"] = 0
-                if code == 413:
-                    await self._reply(tracked_send, path, 413, "body_too_large", self._too_large())
-                else:
-                    message = (
-                        f"request body arrived too slowly (a gap over {self.timeout:g} s, or under "
-                        f"{self.min_rate:,.0f} bytes/s)"
-                    )
-                    await self._reply(tracked_send, path, 408, "request_timeout", message, {"connection": "close"})
+            await self._handle(x)
         finally:
             m = self.clipedge.metrics
-            m.requests.labels(route, str(status["code"])).inc()
-            m.latency.labels(route).observe(time.perf_counter() - start)
+            route = x.path if x.path in ROUTES else "other"
+            m.requests.labels(route, str(x.status)).inc()
+            m.latency.labels(route).observe(time.perf_counter() - x.start)
+
+    async def _handle(self, x: Exchange) -> None:
+        if self.api_key and not self._open(x.path, x.scope) and not self._authorised(x.headers):
+            await x.reply(401, "unauthorized", "missing or wrong API key", {"www-authenticate": "Bearer"})
+            return
+        length = x.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            await x.reply(413, "body_too_large", self._too_large())
+            return
+        with contextlib.suppress(BodyTooLarge, SlowBody):
+            await self.app(x.scope, x.receive, x.send)
+        if x.refused == 413 and not x.started:
+            await x.reply(413, "body_too_large", self._too_large())
+        elif x.refused == 408 and not x.started:
+            gap, rate = f"{self.timeout:g} s", f"{self.min_rate:,.0f} bytes/s"
+            message = f"request body arrived too slowly (a gap over {gap}, or under {rate})"
+            await x.reply(408, "request_timeout", message, {"connection": "close"})
 
     def _too_large(self) -> str:
         return f"request body exceeds {self.max_body:,} bytes"
@@ -139,13 +153,3 @@ class Guard:
         if auth.lower().startswith("bearer "):
             given = given or auth[7:].strip()
         return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())  # type: ignore[union-attr]
-
-    @staticmethod
-    async def _reply(
-        send: Any, path: str, status: int, code: str, message: str, extra: dict[str, str] | None = None
-    ) -> None:
-        body = error_bytes(path, status, code, message)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,78 @@
+"""`clipedge batch`: arguments into a BatchJob, then the job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import (
+    EXIT_PARTIAL,
+    add_label_args,
+    add_model_args,
+    add_template_args,
+    add_url_args,
+    fail,
+    known_errors,
+    label_names,
+    load_options,
+    templates_arg,
+)
+
+
+# batch ----------------------------------------------------------------------------------------------
+def cmd_batch(args: argparse.Namespace) -> int:
+    from ..batch import BatchJob, prepare_job, run_job
+
+    try:
+        names = label_names(args)
+        job = BatchJob(
+            input=args.input,
+            output=args.output,
+            load=load_options(args),
+            labels=tuple(names) if names else None,
+            label_embeddings=args.label_embeddings,
+            templates=templates_arg(args),
+            layout=args.layout,
+            image_column=args.image_column,
+            id_column=args.id_column,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=False if args.no_progress else None,
+            engine=args.engine,
+            ray_address=args.ray_address,
+        )
+        prepared = prepare_job(job)
+    except known_errors() as e:
+        return fail(str(e))
+    summary, out = run_job(job, prepared)
+    for line in summary.errors[:10]:
+        print(f"clipedge: {line}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
+    if summary.interrupted:
+        print(f"clipedge: interrupted; {out} is valid: run again with --resume to continue", file=sys.stderr)
+        return 130
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="score a folder or table of images into a result file (local or Ray)")
+    p.add_argument("input", help="folder of images, .csv/.jsonl/.parquet table, or Azure batch folder of CSVs")
+    p.add_argument("-o", "--output", required=True,
+                   help="results .jsonl/.csv/.parquet (Azure's layout: a .csv or a folder)")  # fmt: skip
+    p.add_argument("--layout", choices=["azure", "native"], default=None,
+                   help="azure: Azure's predictions.csv (default for its input); native: our rows")  # fmt: skip
+    add_label_args(p)
+    add_template_args(p)
+    add_model_args(p)
+    p.add_argument("--image-column", default="image", help="table column with paths, URLs or base64 (default image)")
+    p.add_argument("--id-column", default=None, help="table column to use as the row id (default: row number)")
+    p.add_argument("--resume", action="store_true", help="skip rows already in the output and append")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, 2..8)")
+    p.add_argument("--fast-jpeg", action="store_true", help="decode large JPEGs at reduced scale (faster)")
+    add_url_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local one)")
+    p.set_defaults(func=cmd_batch)

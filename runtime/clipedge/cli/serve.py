@@ -1,0 +1,78 @@
+"""`clipedge serve`: arguments into a ServeConfig, then the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import (
+    add_model_args,
+    add_url_args,
+    fail,
+    known_errors,
+    load_options,
+)
+
+
+# serve ----------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from ..serve import Limits, ServeConfig, run_server
+    except ImportError as e:
+        return fail(f"serve needs the serve extra ({e.name} is missing): pip install 'clipedge[serve]'")
+    from ..bundle import load_bundle
+    from ..templates import validate_template
+
+    try:
+        load = load_options(args).resolved()
+        load_bundle(load.bundle, verify=False)  # a wrong path fails now; hashes are checked at load
+        if args.template is not None:
+            validate_template(args.template, "--template")
+        api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    except known_errors() as e:
+        return fail(str(e))
+    if args.api_key_env and not api_key:
+        return fail(f"--api-key-env {args.api_key_env}: that environment variable is empty")
+    config = ServeConfig(
+        load=load,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.queue_size,
+        max_queue_ms=args.max_queue_ms,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        limits=Limits(max_images=args.max_images, max_labels=args.max_labels, max_label_chars=args.max_label_chars),
+        api_key=api_key,
+        cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
+        template=args.template,
+        pixel_budget=args.pixel_budget,
+        client_timeout=args.client_timeout,
+    )
+    error = run_server(config, args.host, args.port, args.drain_seconds)
+    return fail(f"model failed to load: {error}", 1) if error else 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="real-time HTTP endpoint (Azure ML contract at /score; needs clipedge[serve])")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--template", default=None, help='prompt template for labels, e.g. "a photo of a {}."')
+    p.add_argument("--max-batch", type=int, default=32, help="images per vision-tower run (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="idle wait for more requests (default 0)")
+    p.add_argument("--max-queue-ms", type=float, default=1000.0,
+                   help="refuse (503) when the admitted work would take longer than this (default 1000)")  # fmt: skip
+    p.add_argument("--queue-size", type=int, default=256, help="images admitted at once at most (default 256)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="request body cap in MiB (default 32)")
+    p.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
+    p.add_argument("--max-labels", type=int, default=1000, help="labels per request (default 1000)")
+    p.add_argument("--max-label-chars", type=int, default=300, help="characters per label (default 300)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels per image, checked before decoding")
+    p.add_argument("--pixel-budget", type=int, default=100_000_000,
+                   help="pixels being decoded at once, across requests (default 100 million)")  # fmt: skip
+    p.add_argument("--client-timeout", type=float, default=10.0,
+                   help="seconds for a request's headers, and for each gap in its body (default 10)")  # fmt: skip
+    add_url_args(p)
+    p.add_argument("--api-key-env", default=None, help="name of an environment variable holding the API key")
+    p.add_argument("--cors", default=None, help="comma-separated allowed origins (CORS is off by default)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, help="graceful shutdown limit (default 30)")
+    p.set_defaults(func=cmd_serve)
