@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -238,3 +239,111 @@ def test_ray_engine_turns_every_failure_into_a_row(folder, tmp_path):
     assert got[0]["error"] is None and got[2]["error"] is None
     assert got[1]["error"].startswith("t.jsonl line 2: not valid JSON")
     assert "damaged or truncated (OSError" in got[3]["error"]
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    shutil.copy(EXAMPLES[0], root / "ok.png")
+    odd = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name on a UTF-8 system: a lone surrogate in Python
+    shutil.copy(EXAMPLES[1], root / odd)
+    for name in ("out.jsonl", "out.csv", "out.parquet"):
+        assert run(root, "--labels", LABELS, "-o", tmp_path / name) == 0
+        rows = {r["id"]: r for r in read_rows(tmp_path / name)}
+        assert set(rows) == {"ok.png", "caf\\xe9.png"} and all(r["error"] is None for r in rows.values())
+    assert run(root, "--labels", LABELS, "-o", tmp_path / "out.jsonl", "--resume") == 0  # ids match again
+
+
+def test_outputs_that_cannot_be_written_or_resumed_are_refused_up_front(folder, tmp_path, capsys):
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "missing" / "x.jsonl")
+    assert run(folder, "--labels", LABELS, "-o", tmp_path / "dangling.jsonl") == 2
+    assert "cannot be written" in capsys.readouterr().err
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my important notes, not results")
+    assert run(folder, "--labels", LABELS, "-o", notes, "--resume") == 2
+    assert "is not a clipedge output" in capsys.readouterr().err and notes.read_text().startswith("my important")
+    table = tmp_path / "mine.csv"
+    table.write_text("id,stuff\n1,2\n")
+    assert run(folder, "--labels", LABELS, "-o", table, "--resume") == 2
+    assert table.read_text() == "id,stuff\n1,2\n"
+    out = tmp_path / "out.jsonl"
+    assert run(folder, "--labels", "red circle, blue cross", "-o", out) == 1
+    assert run(folder, "--labels", "x, y", "-o", out, "--resume") == 2  # other labels: never mixed in one file
+    assert "scored against other labels" in capsys.readouterr().err
+
+
+def test_azure_folder_with_an_empty_file_and_a_latin1_first_row(tmp_path, capsys):
+    folder = tmp_path / "az"
+    folder.mkdir()
+    b64 = base64.encodebytes(EXAMPLES[0].read_bytes()).decode()
+    for i, labels in ((0, "red circle, blue cross"), (20, "caf\xe9, blue cross")):
+        rows = [f'{i + k},"{b64}",{labels if k == 0 else ""}' for k in range(2)]
+        data = ",image,text\n" + "\n".join(rows) + "\n"
+        (folder / f"{i}batch_input.csv").write_bytes(data.encode("latin-1"))
+    (folder / "10batch_input.csv").write_text("")  # an empty file among them
+    out = tmp_path / "out"  # a folder that does not exist yet: created, as Azure's output folder
+    assert main(["batch", str(folder), "-o", f"{out}/", "-m", str(DEMO), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "10batch_input.csv: cannot read the header (empty file)" in err
+    assert "20batch_input.csv: its first row cannot be read (line 2: not UTF-8 text" in err
+    import pandas as pd
+
+    df = pd.read_csv(
+        out / "predictions.csv", header=None, names=["row_number_per_file", "preds", "labels", "file_name"]
+    )
+    assert df["file_name"].tolist() == ["0batch_input.csv"] * 2 + ["20batch_input.csv"] * 2
+    assert df["preds"].notna().tolist() == [True, True, False, False]
+
+
+def test_sigterm_mid_batch_leaves_a_valid_output_to_resume(folder, tmp_path):
+    import signal
+    import time
+
+    for i in range(600):
+        shutil.copy(EXAMPLES[i % len(EXAMPLES)], folder / f"extra_{i:03d}.png")
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "clipedge.cli", "batch", str(folder), "-m", str(DEMO), "--labels", LABELS]
+    proc = subprocess.Popen([*cmd, "-o", str(out), "--no-progress", "--batch-size", "4", "--workers", "1"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.read_text().count("\n") < 8) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # as `kill`, `docker stop` or a pre-empted node send it
+    _, err = proc.communicate(timeout=60)
+    total = 608
+    if proc.returncode == 130:  # stopped mid-way, as Ctrl-C stops it
+        assert "interrupted" in err and "run again with --resume" in err and "Traceback" not in err
+        assert 8 <= len(read_rows(out)) < total
+    else:  # the job finished before the signal arrived
+        assert proc.returncode == 1, err
+    assert run(folder, "--labels", LABELS, "-o", out, "--resume") in (0, 1)
+    ids = [r["id"] for r in read_rows(out)]
+    assert len(ids) == len(set(ids)) == total
+
+
+def test_options_are_checked_when_parsed(capsys):
+    for args in (
+        ["classify", str(EXAMPLES[0]), "--labels", "a, b", "--top-k", "0"],
+        ["classify", str(EXAMPLES[0]), "--labels", "a, b", "--fetch-timeout", "inf"],
+        ["classify", str(EXAMPLES[0]), "--labels", "a, b", "--template", "{}{x}"],
+        ["classify", str(EXAMPLES[0]), "--labels", "a, b", "--templates", "bogus"],
+        ["batch", ".", "-o", "x.jsonl", "--batch-size", "0"],
+        ["serve", "--max-batch", "0"],
+        ["serve", "--port", "99999"],
+        ["serve", "--client-timeout", "-1"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: argument" in err and "Traceback" not in err, err
+
+
+def test_url_schemes_and_single_inputs(capsys):
+    assert main(["classify", "HTTP://127.0.0.1:9/x.png", "-m", str(DEMO), "--labels", "a, b"]) == 1
+    assert "non-public address" in capsys.readouterr().err  # the scheme is case-insensitive
+    assert main(["classify", "ftp://example.com/x.png", "-m", str(DEMO), "--labels", "a, b"]) == 1
+    assert "URL scheme 'ftp' is not supported (http and https only)" in capsys.readouterr().err
+    clf = ZeroShotClassifier.load(DEMO)
+    one = clf.classify(str(EXAMPLES[-2]), "red circle, blue cross")  # one image, Azure-style label string
+    assert len(one) == 1 and one[0]["labels"] == ["red circle", "blue cross"] and one[0]["probs"][0] > 0.9

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .bundle import Bundle, load_bundle
 from .encoder import ClipEncoder
-from .images import DecodePolicy, ImageError, ImageInput, decode_image, load_image, open_image
+from .images import DecodePolicy, ImageError, ImageInput, decode_image, is_http_url, load_image, open_image
 from .labels import (
     LabelCache,
     LabelEmbeddings,
@@ -21,6 +21,7 @@ from .labels import (
     check_compatible,
     check_labels,
     embed_label_texts,
+    parse_labels,
     templates_key,
 )
 from .preprocess import preprocess, preprocess_batch
@@ -62,7 +63,7 @@ def load_images(
 
 
 def is_url(source: object) -> bool:
-    return isinstance(source, str) and source.lstrip().startswith(("http://", "https://"))
+    return isinstance(source, str) and is_http_url(source.lstrip())
 
 
 @dataclass
@@ -287,8 +288,8 @@ class ZeroShotClassifier:
         """Classify images against labels: prepare, embed, score, format.
 
         Args:
-            images: any inputs `prepare` takes.
-            labels: label texts, or LabelEmbeddings (checked by `labels`).
+            images: a list of inputs `prepare` takes (one input alone counts as a list of one).
+            labels: label texts (a list, or one comma-separated string), or LabelEmbeddings.
             templates: None, a template with one "{}", a list of them, or "openai-imagenet".
             top_k: keep only the k best labels, best first (default: every label, in the given order).
             errors: "raise" raises ImageError naming the first bad image; "return" gives that image
@@ -304,6 +305,10 @@ class ZeroShotClassifier:
         """
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
+        if isinstance(images, str | bytes | Path | Image.Image | np.ndarray):
+            images = [images]  # one image, not a sequence of characters
+        if isinstance(labels, str):
+            labels = parse_labels(labels)  # "cat, dog", as Azure's contract reads labels
         label_emb = self.labels(labels, templates)
         prepared = self.prepare_all(images)
         bad = [i for i, p in enumerate(prepared) if isinstance(p, ImageError)]

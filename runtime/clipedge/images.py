@@ -74,6 +74,23 @@ class DecodePolicy:
         return not self.allow_paths
 
 
+URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def printable(text: str) -> str:
+    """`text` safe to write anywhere as UTF-8: file names that are not UTF-8 reach Python as lone
+    surrogates (os.fsdecode); their bytes are shown as backslash escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_http_url(text: str) -> bool:
+    return text[:8].lower().startswith(("http://", "https://"))
+
+
 def safe_url(url: str) -> str:
     """scheme://host[:port]/path of a URL: no credentials, query or fragment (DESIGN.md, error bodies)."""
     try:
@@ -91,15 +108,15 @@ def describe(source: Any, redact: bool = False) -> str:
     """A short, log-safe name for an input: never the whole base64 string, never a URL's credentials or
     query; with `redact` (untrusted callers) no string of the caller's beyond its length."""
     if isinstance(source, Path):
-        return f"<path, {len(str(source))} chars>" if redact else str(source)
+        return f"<path, {len(str(source))} chars>" if redact else printable(str(source))
     if isinstance(source, str):
-        if source.lstrip().startswith(("http://", "https://")):
+        if is_http_url(source.lstrip()):
             return safe_url(source)
         if redact:
             return f"<string, {len(source)} chars>"
-        if source.startswith("data:") or len(source) > 200:
+        if source.startswith("data:") or len(source) > 200 or "\n" in source:
             return f"<base64 string, {len(source)} chars>"
-        return source
+        return printable(source)
     if isinstance(source, bytes | bytearray | memoryview):
         return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):
@@ -228,19 +245,22 @@ def open_image(
     if not isinstance(source, str):
         raise ImageError(f"{name}: unsupported image input type")
     text = source.strip()
-    if text.startswith(("http://", "https://")):
+    scheme = URL_SCHEME.match(text)
+    if scheme and not is_http_url(text):
+        raise ImageError(f"{name}: URL scheme {scheme.group(1).lower()!r} is not supported (http and https only)")
+    if is_http_url(text):
         try:
             data = fetch_url(text, policy.fetch)
         except FetchError as e:
             raise ImageError(f"{name}: {e}") from None
         return _open(io.BytesIO(data), policy, name), name
     if text.startswith("data:"):
-        return _open(io.BytesIO(_b64(text, name)), policy, name), name
+        return _open(io.BytesIO(_b64(text, name, policy.allow_paths)), policy, name), name
     if policy.allow_paths and len(text) < 1024 and "\n" not in text:
         path = Path(text).expanduser()
         if path.exists() or not B64_CHARS.match(text) or len(text) < 64:
             return _open(_read(path, name), policy, name), name
-    return _open(io.BytesIO(_b64(text, name)), policy, name), name
+    return _open(io.BytesIO(_b64(text, name, policy.allow_paths)), policy, name), name
 
 
 def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.Image:
@@ -267,8 +287,9 @@ def _read(path: Path, name: str) -> io.BytesIO:
         raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from None
 
 
-def _b64(text: str, name: str) -> bytes:
+def _b64(text: str, name: str, paths: bool = True) -> bytes:
     try:
         return decode_base64(text)
     except ImageError as e:
-        raise ImageError(f"{name}: {e} (expected a file path, an http(s) URL or a base64 image)") from None
+        expected = "a file path, an http(s) URL or a base64 image" if paths else "an http(s) URL or a base64 image"
+        raise ImageError(f"{name}: {e} (expected {expected})") from None

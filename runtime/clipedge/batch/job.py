@@ -12,7 +12,7 @@ from ..labels import LabelEmbeddings
 from ..options import LoadOptions
 from ..templates import resolve_templates
 from .local import LocalEngine, Summary, progress_bar
-from .sinks import check_output, done_ids, open_writer
+from .sinks import check_output, done_ids, open_writer, output_labels
 from .sources import InputError, count_items, open_input
 
 
@@ -33,6 +33,19 @@ class BatchJob:
     progress: bool | None = None  # None: a bar on a terminal
     engine: str = "local"  # "local" | "ray"
     ray_address: str | None = None
+
+
+class JobError(ValueError):
+    """A job that cannot run as described (a missing extra, labels that do not match a resumed output)."""
+
+
+def check_extras(job: BatchJob, out: Path) -> None:
+    import importlib.util
+
+    if job.engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise JobError("--engine ray needs the ray extra: pip install 'clipedge[ray]'")
+    if out.suffix.lower() == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise JobError(f"{out}: Parquet output needs pyarrow: pip install 'clipedge[batch]'")
 
 
 @dataclass
@@ -61,15 +74,23 @@ def prepare_job(job: BatchJob) -> Prepared:
     if layout == "azure" and not azure:
         raise InputError(f"{job.input}: --layout azure needs Azure's batch input (a folder of CSVs with image, text)")
     out = check_output(job.output, job.resume, layout)
+    check_extras(job, out)
+    if not azure and not (job.labels or job.label_embeddings):
+        raise InputError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+    skip = done_ids(out, layout) if job.resume else set()
     clf = job.load.load()
     labels: LabelEmbeddings | None = None
     if job.label_embeddings:
         labels = clf.load_labels(job.label_embeddings)
     elif job.labels:
         labels = clf.labels(list(job.labels), job.templates)
-    elif not azure:
-        raise InputError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
-    skip = done_ids(out, layout) if job.resume else set()
+    if job.resume and layout == "native" and labels is not None:
+        before = output_labels(out)
+        if before is not None and before != list(labels.labels):
+            raise JobError(
+                f"{out}: its rows were scored against other labels ({len(before)}: {', '.join(before[:5])}...); "
+                "resume with the same labels, or write a new output"
+            )
     return Prepared(out, layout, groups, clf, labels, skip)
 
 

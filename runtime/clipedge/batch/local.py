@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..classifier import ZeroShotClassifier
-from ..images import ImageError
+from ..images import ImageError, printable
 from ..labels import LabelEmbeddings
 from .sources import Group, Item, describe_ref
 
@@ -33,13 +33,20 @@ class Summary:
     scored: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_files: int = 0
     seconds: float = 0.0
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)  # the first few distinct messages, for the log
 
     @property
     def images_per_s(self) -> float:
-        return (self.scored + self.failed) / self.seconds if self.seconds else 0.0
+        return self.scored / self.seconds if self.seconds else 0.0
+
+    def file_error(self, message: str) -> None:
+        """A whole input file that could not be read (its rows are unknown)."""
+        self.failed_files += 1
+        if message not in self.errors:
+            self.errors.append(message)
 
     def count(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:
@@ -54,8 +61,9 @@ class Summary:
 
     def line(self) -> str:
         state = "interrupted" if self.interrupted else "done"
+        files = f", {self.failed_files} file(s) unreadable" if self.failed_files else ""
         return (
-            f"{state}: {self.scored} scored, {self.failed} failed, {self.skipped} skipped (already in output) "
+            f"{state}: {self.scored} scored, {self.failed} failed{files}, {self.skipped} skipped (already in output) "
             f"in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)"
         )
 
@@ -67,7 +75,7 @@ def default_workers() -> int:
 def result_row(item: Item, result: dict[str, Any], group_error: bool = False) -> dict[str, Any]:
     """One output row from an item and its `ZeroShotClassifier.format` result (see clipedge.batch.sinks)."""
     row: dict[str, Any] = {
-        "id": item.id,
+        "id": printable(item.id),
         "image": describe_ref(item.image),
         "labels": list(result["labels"]),
         "group": item.group,
@@ -80,7 +88,7 @@ def result_row(item: Item, result: dict[str, Any], group_error: bool = False) ->
             "probs": None,
             "top_label": None,
             "top_score": None,
-            "error": result["error"],
+            "error": printable(str(result["error"])),
             "group_error": group_error,
         }
     best = int(np.argmax(probs))
@@ -88,7 +96,8 @@ def result_row(item: Item, result: dict[str, Any], group_error: bool = False) ->
 
 
 def no_labels_message(group: Group) -> str:
-    return f"{group.name}: no labels in the first row's text, and no --labels given; its rows were not scored"
+    problem = group.labels_problem or f"{group.name}: no labels in the first row's text"
+    return f"{problem}, and no --labels given; its rows were not scored"
 
 
 def prepare_item(clf: ZeroShotClassifier, item: Item) -> np.ndarray:
@@ -170,6 +179,9 @@ class LocalEngine:
         return summary
 
     def _run_group(self, group, labels, templates, writer, skip, pool, summary, progress) -> None:
+        if group.error:
+            summary.file_error(group.error)
+            return
         items: Iterable[Item] = group.items
         if skip:
             items = self._skipping(items, skip, summary)

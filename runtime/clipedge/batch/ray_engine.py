@@ -133,6 +133,9 @@ def run_ray(job: Any, clf: Any, labels: Any, writer: Any, skip: set[str], progre
     summary = Summary()
     start = time.perf_counter()
     groups = open_input(job.input, job.image_column, job.id_column, check_ids=False)
+    for g in groups:
+        if g.error:  # read tasks yield nothing for it; the driver reports it
+            summary.file_error(g.error)
     ray.init(address=job.ray_address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True

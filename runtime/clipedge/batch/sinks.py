@@ -44,6 +44,10 @@ def check_output(path: str | Path, resume: bool, layout: str = "native") -> Path
     """
     out = Path(path)
     if layout == "azure" and (out.is_dir() or str(path).endswith(("/", os.sep))):
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # an explicit folder, as Azure's output folder
+        except OSError as e:
+            raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
         out = out / "predictions.csv"
     if layout == "azure" and out.suffix.lower() != ".csv":
         raise OutputError(f"{out}: Azure's layout writes a .csv file (e.g. predictions.csv), or give a folder")
@@ -58,7 +62,21 @@ def check_output(path: str | Path, resume: bool, layout: str = "native") -> Path
         raise OutputError(f"{out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise OutputError(f"{out}: not writable")
+    _probe(out)
     return out
+
+
+def _probe(out: Path) -> None:
+    """Open the output for appending now, so that a path that cannot be written (a dangling link, /proc,
+    a read-only mount) is refused before any work; a file created here is removed again."""
+    existed = out.exists()
+    try:
+        with open(out, "ab"):
+            pass
+    except OSError as e:
+        raise OutputError(f"{out}: cannot be written ({e.strerror or e})") from None
+    if not existed:
+        out.unlink(missing_ok=True)
 
 
 def errors_path(out: Path) -> Path:
@@ -69,10 +87,11 @@ def done_ids(path: Path, layout: str = "native") -> set[str]:
     """Ids already in an output (for --resume); also trims a JSONL/CSV file cut mid-line by a crash.
 
     Raises:
-        OutputError: the output cannot be read (naming the line).
+        OutputError: the output cannot be read (naming the line), or is not a clipedge output.
     """
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return set()
+    _check_ours(path, layout)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -111,6 +130,48 @@ def _jsonl_id(line: str, path: Path, n: int) -> str:
         return str(json.loads(line)["id"])
     except (json.JSONDecodeError, KeyError, TypeError):
         raise OutputError(f"{path}: line {n} is not a clipedge result row; cannot resume this output") from None
+
+
+ROW_START = b'{"id": '  # every JSONL row clipedge writes starts so
+
+
+def _check_ours(path: Path, layout: str) -> None:
+    """Refuse to resume (and so to trim or append to) a file that clipedge did not write."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    first = head.split(b"\n", 1)[0]
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        ours = first.startswith(ROW_START) or ROW_START.startswith(first)
+    elif suffix == ".csv" and layout != "azure":
+        ours = first.rstrip(b"\r") == ",".join(FIELDS).encode() or ",".join(FIELDS).encode().startswith(first)
+    elif suffix == ".csv":
+        ours = first[:1].isdigit()  # row_number_per_file first, no header
+    else:
+        ours = head[:4] == b"PAR1"
+    if not ours:
+        raise OutputError(f"{path}: is not a clipedge output (in the {layout} layout); refusing to resume into it")
+
+
+def output_labels(path: Path) -> list[str] | None:
+    """The labels of the first row of a native output (None when there is none)."""
+    if not path.exists() or path.stat().st_size == 0 or path.suffix.lower() not in FORMATS:
+        return None
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.ParquetFile(path).iter_batches(batch_size=1, columns=["labels"])
+            batch = next(rows, None)
+            return batch.to_pylist()[0]["labels"] if batch is not None and batch.num_rows else None
+        with open(path, newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".jsonl":
+                line = f.readline()
+                return json.loads(line)["labels"] if line.endswith("\n") else None
+            row = next(csv.DictReader(f), None)
+            return json.loads(row["labels"]) if row else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _trim_partial_line(path: Path) -> None:

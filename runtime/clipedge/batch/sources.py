@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, printable, safe_url
 from ..labels import parse_labels
 from .csvrecords import ROW_CAP, Record, count_records, iter_records
 
@@ -37,30 +37,40 @@ class Item:
 @dataclass
 class Group:
     """A run of items that share labels: the whole input, or one Azure CSV file (whose first row's text
-    holds the labels, read when the group is scored)."""
+    holds the labels, read when the group is scored). `error`: the file cannot be read at all (its rows
+    are unknown); the job reports it and goes on with the other files."""
 
     name: str
     items: Iterator[Item]
-    first_text: Callable[[], str | None] | None = None  # Azure: the first row's text
+    first_row: Callable[[], dict | str | None] | None = None  # Azure: the first row, or its error
+    error: str | None = None
     _labels: list[str] | None = field(default=None, repr=False)
+    labels_problem: str | None = field(default=None, repr=False)
 
     @property
     def azure(self) -> bool:
-        return self.first_text is not None
+        return self.first_row is not None
 
     def file_labels(self) -> list[str]:
-        """Azure: the labels in the first row's text ([] when there are none)."""
+        """Azure: the labels in the first row's text ([] when there are none, or when the first row
+        cannot be read; `labels_problem` then says why)."""
         if self._labels is None:
-            text = self.first_text() if self.first_text else None
-            self._labels = parse_labels(text or "")
+            row = self.first_row() if self.first_row else None
+            if isinstance(row, str):
+                self.labels_problem = f"{self.name}: its first row cannot be read ({row}), so its labels are unknown"
+                row = None
+            text = row.get("text") if isinstance(row, dict) else None
+            self._labels = parse_labels(text if isinstance(text, str) else "")
         return self._labels
 
 
 def describe_ref(value: str) -> str:
     """What the output records as the image: the path or URL, never a whole base64 string."""
     v = value.strip()
-    if v.startswith(("http://", "https://")) or (len(v) < 1024 and "\n" not in v and not v.startswith("data:")):
-        return v
+    if v[:8].lower().startswith(("http://", "https://")):
+        return safe_url(v)  # no credentials or query (signed URLs) in result files
+    if len(v) < 1024 and "\n" not in v and not v.startswith("data:"):
+        return printable(v)
     return f"<base64, {len(v)} chars>"
 
 
@@ -74,10 +84,17 @@ def azure_files(folder: Path) -> list[Path]:
     csvs = sorted(
         (p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()), key=lambda p: natural_key(p.name)
     )
-    if not csvs:
-        return []
-    header = table_columns(csvs[0])
-    return csvs if "image" in header and "text" in header else []
+    first_error = None
+    for f in csvs:  # the first file with a readable header tells the layout
+        try:
+            header = table_columns(f)
+        except InputError as e:
+            first_error = first_error or e
+            continue
+        return csvs if "image" in header and "text" in header else []
+    if first_error is not None:
+        raise first_error
+    return []
 
 
 def open_input(
@@ -94,8 +111,6 @@ def open_input(
     if path.is_dir():
         files = azure_files(path)
         if files:
-            for f in files:
-                table_columns(f)  # every header must be readable before the job starts
             return [_azure_group(p) for p in files]
         return [Group(str(path), _folder_items(path))]
     suffix = path.suffix.lower()
@@ -118,8 +133,8 @@ def _folder_items(root: Path) -> Iterator[Item]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                p = Path(dirpath) / name
-                yield Item(p.relative_to(root).as_posix(), str(p), row=n)
+                p = Path(dirpath) / name  # read by its real name; recorded by a printable one
+                yield Item(printable(p.relative_to(root).as_posix()), str(p), row=n)
                 n += 1
 
 
@@ -221,6 +236,9 @@ def _table_items(path: Path, image_column: str, id_column: str | None) -> Iterat
             continue
         ident = str(row.get(id_column)) if id_column and row.get(id_column) is not None else str(n)
         value = row.get(image_column)
+        if value is not None and not isinstance(value, str):
+            yield Item(ident, "", row=n, error=f"{path.name} {where}: the image value is not a string")
+            continue
         if not isinstance(value, str) or not value.strip():
             yield Item(ident, "", row=n, error=f"{path.name} {where}: row has no image value")
             continue
@@ -249,12 +267,18 @@ def check_unique_ids(path: Path, id_column: str) -> None:
 
 
 def _azure_group(path: Path) -> Group:
-    def first_text() -> str | None:
+    def first_row() -> dict | str | None:
         for _, row in _csv_rows(path):
-            return row.get("text") if isinstance(row, dict) else None
+            return row
         return None
 
-    return Group(path.name, _azure_items(path), first_text)
+    try:
+        columns = table_columns(path)
+    except InputError as e:  # this file only: the others are still scored
+        return Group(path.name, iter(()), first_row, error=str(e))
+    if "image" not in columns:
+        return Group(path.name, iter(()), first_row, error=f"{path}: no column 'image' (columns: {', '.join(columns)})")
+    return Group(path.name, _azure_items(path), first_row)
 
 
 def _azure_items(path: Path) -> Iterator[Item]:

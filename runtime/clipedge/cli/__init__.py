@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C before a command handles it itself: no traceback
+        print("clipedge: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # stdout was closed by its reader: stop quietly (Python's documented recipe for SIGPIPE)
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .common import (
@@ -15,6 +16,7 @@ from .common import (
     known_errors,
     label_names,
     load_options,
+    positive_int,
     templates_arg,
 )
 
@@ -45,14 +47,22 @@ def cmd_batch(args: argparse.Namespace) -> int:
         prepared = prepare_job(job)
     except known_errors() as e:
         return fail(str(e))
-    summary, out = run_job(job, prepared)
+    previous = signal.signal(signal.SIGTERM, _stop)  # `kill`, `docker stop`, a pre-empted node: as Ctrl-C
+    try:
+        summary, out = run_job(job, prepared)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for line in summary.errors[:10]:
         print(f"clipedge: {line}", file=sys.stderr)
     print(summary.line(), file=sys.stderr)
     if summary.interrupted:
         print(f"clipedge: interrupted; {out} is valid: run again with --resume to continue", file=sys.stderr)
         return 130
-    return EXIT_PARTIAL if summary.failed else 0
+    return EXIT_PARTIAL if summary.failed or summary.failed_files else 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def add_batch(sub: argparse._SubParsersAction) -> None:
@@ -68,8 +78,8 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", default="image", help="table column with paths, URLs or base64 (default image)")
     p.add_argument("--id-column", default=None, help="table column to use as the row id (default: row number)")
     p.add_argument("--resume", action="store_true", help="skip rows already in the output and append")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, 2..8)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=positive_int, default=None, help="decode threads (default: cores, 2..8)")
     p.add_argument("--fast-jpeg", action="store_true", help="decode large JPEGs at reduced scale (faster)")
     add_url_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

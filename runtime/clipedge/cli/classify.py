@@ -14,6 +14,7 @@ from .common import (
     fail,
     known_errors,
     load_options,
+    positive_int,
     resolve_labels,
     templates_arg,
 )
@@ -91,7 +92,9 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
     add_label_args(p)
     add_template_args(p)
     add_model_args(p)
-    p.add_argument("--top-k", type=int, default=None, help="show only the k best labels per image (default: all)")
+    p.add_argument(
+        "--top-k", type=positive_int, default=None, help="show only the k best labels per image (default: all)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", default=None, help="write a PNG: each image beside its label probabilities")
     add_url_args(p)
@@ -165,9 +168,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", default=None, help="bundle folder (default: $CLIPEDGE_MODEL, else models/demo)")
     p.add_argument("--precisions", default=None, help="comma-separated (default: all the bundle has)")
     p.add_argument("--provider", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--thread-pool", default="shared", choices=["shared", "session", "session-spin"])
-    p.add_argument("--limit-per-class", type=int, default=None, help="use at most N images per class")
+    p.add_argument("--limit-per-class", type=positive_int, default=None, help="use at most N images per class")
     p.add_argument("--json", action="store_true")
     add_template_args(p)
     p.set_defaults(func=cmd_eval)

@@ -4,6 +4,7 @@ LoadOptions and labels."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 EXIT_ERROR = 2
@@ -18,6 +19,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
 
 def known_errors() -> tuple[type[Exception], ...]:
     """The library's one-line errors (imported lazily: `clipedge --help` loads nothing heavy)."""
+    from ..batch.job import JobError
     from ..batch.sinks import OutputError
     from ..batch.sources import InputError
     from ..bundle import BundleError
@@ -36,7 +38,58 @@ def known_errors() -> tuple[type[Exception], ...]:
         NoBundleError,
         InputError,
         OutputError,
+        JobError,
     )
+
+
+# -- argument types: a bad number is a usage error naming the option, never a traceback later
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = 0.0 if text.strip() in ("0", "0.0") else positive_float(text)
+    return value
+
+
+def port(text: str) -> int:
+    value = positive_int(text) if text != "0" else 0
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+    return value
+
+
+def template(text: str) -> str:
+    from ..templates import TemplateError, validate_template
+
+    try:
+        return validate_template(text, "the template")
+    except TemplateError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def template_set(text: str) -> str:
+    from ..templates import NAMED
+
+    if text not in NAMED:
+        raise argparse.ArgumentTypeError(f"unknown template set {text!r} (choose from {', '.join(NAMED)})")
+    return text
 
 
 # -- shared arguments ---------------------------------------------------------------------------------
@@ -59,7 +112,9 @@ def add_model_args(p: argparse.ArgumentParser, pool: str = "shared") -> None:
         action="store_true",
         help="warn and run on the CPU instead of failing when the requested provider is missing",
     )
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: all cores)"
+    )
     p.add_argument("--thread-pool", default=pool, choices=["shared", "session", "session-spin"],
                    help="ONNX Runtime threads: shared (one spinning pool for the process, lowest latency), "
                         "session (a non-spinning pool per session) or session-spin")  # fmt: skip
@@ -74,7 +129,7 @@ def add_url_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fetch URLs on link-local addresses too (e.g. 169.254.169.254, cloud metadata)",
     )
-    p.add_argument("--fetch-timeout", type=float, default=5.0,
+    p.add_argument("--fetch-timeout", type=positive_float, default=5.0,
                    help="seconds for a whole URL fetch: DNS, connect, headers and body (default 5)")  # fmt: skip
 
 
@@ -105,8 +160,8 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
 
 def add_template_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--template", default=None, help='one prompt template, e.g. "a photo of a {}."')
-    g.add_argument("--templates", default=None, help="a named template set: none, openai-imagenet")
+    g.add_argument("--template", type=template, default=None, help='one prompt template, e.g. "a photo of a {}."')
+    g.add_argument("--templates", type=template_set, default=None, help="a named template set: none, openai-imagenet")
 
 
 def templates_arg(args: argparse.Namespace):
@@ -132,6 +187,10 @@ def resolve_labels(args: argparse.Namespace, clf):
     from ..labels import LabelError
 
     if args.label_embeddings:
+        if args.template or args.templates:
+            raise LabelError(
+                "--template/--templates have no effect with --label-embeddings (the file holds its templates)"
+            )
         return clf.load_labels(args.label_embeddings)
     names = label_names(args)
     if names is None:

@@ -11,6 +11,10 @@ from .common import (
     fail,
     known_errors,
     load_options,
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
 )
 
 
@@ -55,24 +59,28 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="real-time HTTP endpoint (Azure ML contract at /score; needs clipedge[serve])")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--template", default=None, help='prompt template for labels, e.g. "a photo of a {}."')
-    p.add_argument("--max-batch", type=int, default=32, help="images per vision-tower run (default 32)")
-    p.add_argument("--max-wait-ms", type=float, default=0.0, help="idle wait for more requests (default 0)")
-    p.add_argument("--max-queue-ms", type=float, default=1000.0,
+    p.add_argument("--max-batch", type=positive_int, default=32, help="images per vision-tower run (default 32)")
+    p.add_argument(
+        "--max-wait-ms", type=non_negative_float, default=0.0, help="idle wait for more requests (default 0)"
+    )
+    p.add_argument("--max-queue-ms", type=positive_float, default=1000.0,
                    help="refuse (503) when the admitted work would take longer than this (default 1000)")  # fmt: skip
-    p.add_argument("--queue-size", type=int, default=256, help="images admitted at once at most (default 256)")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="request body cap in MiB (default 32)")
-    p.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
-    p.add_argument("--max-labels", type=int, default=1000, help="labels per request (default 1000)")
-    p.add_argument("--max-label-chars", type=int, default=300, help="characters per label (default 300)")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels per image, checked before decoding")
-    p.add_argument("--pixel-budget", type=int, default=100_000_000,
+    p.add_argument("--queue-size", type=positive_int, default=256, help="images admitted at once at most (default 256)")
+    p.add_argument("--max-body-mb", type=positive_float, default=32.0, help="request body cap in MiB (default 32)")
+    p.add_argument("--max-images", type=positive_int, default=64, help="images per request (default 64)")
+    p.add_argument("--max-labels", type=positive_int, default=1000, help="labels per request (default 1000)")
+    p.add_argument("--max-label-chars", type=positive_int, default=300, help="characters per label (default 300)")
+    p.add_argument(
+        "--max-pixels", type=positive_int, default=50_000_000, help="pixels per image, checked before decoding"
+    )
+    p.add_argument("--pixel-budget", type=positive_int, default=100_000_000,
                    help="pixels being decoded at once, across requests (default 100 million)")  # fmt: skip
-    p.add_argument("--client-timeout", type=float, default=10.0,
+    p.add_argument("--client-timeout", type=positive_float, default=10.0,
                    help="seconds for a request's headers, and for each gap in its body (default 10)")  # fmt: skip
     add_url_args(p)
     p.add_argument("--api-key-env", default=None, help="name of an environment variable holding the API key")
     p.add_argument("--cors", default=None, help="comma-separated allowed origins (CORS is off by default)")
-    p.add_argument("--drain-seconds", type=float, default=30.0, help="graceful shutdown limit (default 30)")
+    p.add_argument("--drain-seconds", type=positive_float, default=30.0, help="graceful shutdown limit (default 30)")
     p.set_defaults(func=cmd_serve)

@@ -161,7 +161,7 @@ async def embed_text(request: Request) -> JSONResponse:
     state = state_of(request)
     limits = state.config.limits
     texts = _json_list(await read_json(request), "texts", limits.max_labels)
-    check_labels(texts, limits)
+    check_labels(texts, limits, what="text")
     clf, _, _ = state.require_ready()
     emb = await asyncio.get_running_loop().run_in_executor(state.text_pool, clf.embed_texts, texts)
     return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})

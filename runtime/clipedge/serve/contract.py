@@ -169,7 +169,7 @@ def _images(images: list[Any], limits: Limits) -> list[str]:
     return images
 
 
-def check_labels(labels: list[str], limits: Limits, row: int | None = None) -> None:
+def check_labels(labels: list[str], limits: Limits, row: int | None = None, what: str = "label") -> None:
     if not labels:
         raise ApiError(
             400, "invalid_labels", "The provided labels cannot be parsed: no labels after splitting on commas", row
@@ -181,11 +181,11 @@ def check_labels(labels: list[str], limits: Limits, row: int | None = None) -> N
             raise ApiError(
                 400,
                 "label_too_long",
-                f"label {i} has {len(label)} characters; the limit is {limits.max_label_chars}",
+                f"{what} {i} has {len(label)} characters; the limit is {limits.max_label_chars}",
                 row,
             )
         if not is_utf8(label):
-            raise ApiError(400, "invalid_labels", f"label {i} is not valid Unicode text (a lone surrogate?)", row)
+            raise ApiError(400, "invalid_labels", f"{what} {i} is not valid Unicode text (a lone surrogate?)", row)
 
 
 def score_response(labels: list[str], probs: Any) -> list[dict[str, Any]]:

@@ -55,6 +55,23 @@ class ServeConfig:
     client_timeout: float = 10.0  # headers, and each gap in a body, must arrive within this
     min_body_rate: float = 4096  # bytes/s a body must average after client_timeout seconds
 
+    def __post_init__(self) -> None:
+        positive = {
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "max_queue_ms": self.max_queue_ms,
+            "max_body_bytes": self.max_body_bytes,
+            "decode_workers": self.decode_workers,
+            "fetch_workers": self.fetch_workers,
+            "pixel_budget": self.pixel_budget,
+            "client_timeout": self.client_timeout,
+            "min_body_rate": self.min_body_rate,
+            **{f"limits.{k}": v for k, v in vars(self.limits).items()},
+        }
+        bad = [k for k, v in positive.items() if not (v > 0 and v != float("inf"))]
+        if bad or self.max_wait_ms < 0:
+            raise ValueError(f"ServeConfig: {', '.join(bad) or 'max_wait_ms'} must be a finite number above 0")
+
 
 def _yield_to_the_event_loop() -> None:
     """Worker threads run at a lower priority (nice +5) than the event loop, which then answers probes and
