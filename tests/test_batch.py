@@ -223,7 +223,7 @@ def test_ray_engine_gives_the_local_rows(folder, tmp_path):
     try:
         for name in ("ray.parquet", "ray.jsonl"):  # the output format is honoured, as by the local engine
             out = tmp_path / name
-            assert run(folder, "--labels", LABELS, "-o", out, "--engine", "ray") == 1
+            assert run(folder, "--labels", LABELS, "-o", out, "--runner", "ray") == 1
             assert out.is_file()
             ray_rows = read_rows(out)
             assert [r["id"] for r in ray_rows] == [r["id"] for r in local_rows]  # input order kept
@@ -233,7 +233,7 @@ def test_ray_engine_gives_the_local_rows(folder, tmp_path):
                 if r["probs"] is not None:
                     assert x["probs"] == pytest.approx(r["probs"], abs=1e-5)
         # resume: nothing left to do, nothing duplicated
-        assert run(folder, "--labels", LABELS, "-o", tmp_path / "ray.parquet", "--engine", "ray", "--resume") == 0
+        assert run(folder, "--labels", LABELS, "-o", tmp_path / "ray.parquet", "--runner", "ray", "--resume") == 0
         assert len(read_rows(tmp_path / "ray.parquet")) == 8
     finally:
         ray.shutdown()

@@ -231,7 +231,7 @@ def test_ray_engine_turns_every_failure_into_a_row(folder, tmp_path):
     jsonl.write_text("\n".join([rows[0], "{broken", rows[1], rows[2]]) + "\n")
     out = tmp_path / "ray.csv"
     try:
-        assert run(jsonl, "--labels", LABELS, "-o", out, "--engine", "ray") == 1
+        assert run(jsonl, "--labels", LABELS, "-o", out, "--runner", "ray") == 1
     finally:
         ray.shutdown()
     got = read_rows(out)

@@ -9,7 +9,7 @@ def test_manifest_round_trip(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     m = bundle.manifest
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    assert set(m.precisions) == {"fp32", "int8", "fp16"}
+    assert set(m.precisions) == {"fp32", "int8", "fp16", "int8-static"}
     assert m.logit_scale == pytest.approx(100.0, rel=1e-5)  # from the weights (ln 100 stored)
     assert m.tokenizer.bos_id == 49406 and m.tokenizer.eos_id == 49407 and m.tokenizer.pad_id == 49407
     assert m.architecture.context_length == 77 and m.embeddings_normalized is False
@@ -66,5 +66,5 @@ def test_not_a_bundle(tmp_path):
 
 def test_missing_precision_named(tiny_bundle):
     bundle = load_bundle(tiny_bundle, verify=False)
-    with pytest.raises(BundleError, match=r"no 'bf16' precision \(it has: fp32, int8, fp16\)"):
+    with pytest.raises(BundleError, match=r"no 'bf16' precision \(it has: fp32, int8, fp16, int8-static\)"):
         bundle.variant("bf16")

@@ -144,7 +144,9 @@ def test_providers(tiny_bundle, monkeypatch, caplog):
         return  # the rest is about builds without CUDA, or with a CUDA that cannot start
     with pytest.raises(ProviderError, match="CUDAExecutionProvider is not available"):
         ZeroShotClassifier.load(tiny_bundle, provider="cuda")
-    assert ZeroShotClassifier.load(tiny_bundle, provider="auto").encoder.providers == ["CPUExecutionProvider"]
+    assert ZeroShotClassifier.load(tiny_bundle, provider="auto", engine="onnxruntime").encoder.providers == [
+        "CPUExecutionProvider"
+    ]
     with caplog.at_level(logging.WARNING, logger="clipedge"):  # --provider cuda --provider-fallback, CPU build
         fallback = ZeroShotClassifier.load(tiny_bundle, provider="cuda", strict=False)
     assert fallback.encoder.providers == ["CPUExecutionProvider"] and fallback.precision == "int8"
@@ -161,7 +163,7 @@ def test_providers(tiny_bundle, monkeypatch, caplog):
         providers.create_session(tiny_bundle / "vision.fp32.onnx", "cuda", strict=False)
     assert "not in effect" in caplog.text
     # precision "auto" is chosen for the provider in effect: int8 on the CPU, never CUDA's fp16
-    auto = ZeroShotClassifier.load(tiny_bundle, provider="auto")
+    auto = ZeroShotClassifier.load(tiny_bundle, provider="auto", engine="onnxruntime")
     assert auto.encoder.providers == ["CPUExecutionProvider"] and auto.precision == "int8"
     loose = ZeroShotClassifier.load(tiny_bundle, provider="cuda", strict=False)
     assert loose.encoder.providers == ["CPUExecutionProvider"] and loose.precision == "int8"

@@ -22,8 +22,8 @@ def test_image_folder_layout(tmp_path):
 
 def test_evaluate_reports_each_precision_and_agreement(tiny_bundle, tmp_path):
     report = evaluate(tiny_bundle, _dataset(tmp_path / "ds"))
-    assert set(report.accuracy) == {"fp32", "int8", "fp16"}
-    assert set(report.agreement_with_fp32) == {"int8", "fp16"}
+    assert set(report.accuracy) == {"fp32", "int8", "fp16", "int8-static"}
+    assert set(report.agreement_with_fp32) == {"int8", "fp16", "int8-static"}
     assert all(0 <= v <= 1 for v in report.accuracy.values())
     assert len(report.failed) == 1 and "broken.jpg" in report.failed[0][0]
 

@@ -16,7 +16,7 @@ def test_tiny_bundle_contents(tiny_bundle):
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     assert sorted(p.name for p in tiny_bundle.iterdir()) == sorted(
         ["manifest.json", "tokenizer.json"]
-        + [f"{t}.{p}.onnx" for t in ("vision", "text") for p in ("fp32", "int8", "fp16")]
+        + [f"{t}.{p}.onnx" for t in ("vision", "text") for p in ("fp32", "int8", "fp16", "int8-static")]
     )
     for v in m["precisions"].values():
         for tower in ("vision", "text"):
@@ -37,6 +37,48 @@ def test_tiny_bundle_contents(tiny_bundle):
     assert m["source"]["kind"] == "local" and m["source"]["weights"][0]["file"] == "model.safetensors"
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["tools"])
     assert not _leftovers(tiny_bundle.parent)
+    assert m["format_version"] == 2
+
+
+def test_static_int8_is_standard_qdq_calibrated_and_recorded(tiny_bundle):
+    import onnx
+    from clipedge import openvino_engine as ove
+
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    static = m["precisions"]["int8-static"]
+    for tower in ("vision", "text"):
+        graph = onnx.load(str(tiny_bundle / static[tower]["file"])).graph
+        domains = {n.domain for n in graph.node}
+        assert domains <= {"", "ai.onnx"}, domains  # standard operators only: OpenVINO, TensorRT read it
+        ops = {n.op_type for n in graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+        assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    cal = m["calibration"]
+    assert cal["files"] == 16 and cal["images"] == "clipedge_export/data/calibration" and len(cal["sha256"]) == 64
+    assert cal["licences"].endswith("LICENSES.md") and cal["prompts"] > 100
+    if ove.available():
+        assert static["validated_on"] == ["CPUExecutionProvider", ove.PROVIDER]
+        assert static["parity"][ove.PROVIDER]["image_cos_min"] >= 0.98
+
+
+def test_old_bundles_still_load(tiny_bundle, tmp_path):
+    import shutil
+
+    from clipedge import ZeroShotClassifier
+
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 1
+    for p in ("int8-static",):
+        m["precisions"].pop(p)
+    m.pop("calibration")
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert ZeroShotClassifier.load(old, provider="cpu").precision == "int8"
+    m["format_version"] = 3
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="format_version 3 is not supported .* upgrade clipedge"):
+        ZeroShotClassifier.load(old)
 
 
 def test_fp16_keeps_float32_io(tiny_bundle):

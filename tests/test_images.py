@@ -132,7 +132,7 @@ def test_jpeg_draft_decodes_at_reduced_scale(tiny_bundle):
     draft = load_image(big, DecodePolicy(draft=224))
     assert plain.size == (2000, 1500) and draft.size == (500, 375)  # 1/4: the smallest scale keeping >= 224
     clf = ZeroShotClassifier.load(tiny_bundle, fast_jpeg=True)
-    assert clf.decode_policy.draft == 64  # the bundle's resize_shortest_edge
+    assert clf.decode_policy.draft == 128  # twice the bundle's resize_shortest_edge (docs/runtime.md)
 
 
 def test_paths_refused_when_not_allowed(tmp_path):

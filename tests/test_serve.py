@@ -193,7 +193,10 @@ def test_native_routes(server):
 def test_health_ready_metrics_and_no_cors(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/ready").json()
-    assert ready["status"] == "ready" and ready["precision"] == "int8"
+    from clipedge import openvino_engine
+
+    expected = ("openvino", "int8-static") if openvino_engine.available() else ("onnxruntime", "int8")
+    assert ready["status"] == "ready" and (ready["engine"], ready["precision"]) == expected  # the ranking's choice
     r = httpx.get(server.url + "/health", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in r.headers
     text = httpx.get(server.url + "/metrics").text

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipedge.bundle import (
+    DEFAULT_PRECISIONS,
     FORMAT_VERSION,
     PRECISIONS,
     Architecture,
@@ -101,13 +102,23 @@ def tokenizer_spec(tok: Any, folder: Path, context_length: int) -> TokenizerSpec
 def export_bundle(
     source: str,
     out_dir: str | Path,
-    precisions: str | Sequence[str] = PRECISIONS,
+    precisions: str | Sequence[str] = DEFAULT_PRECISIONS,
     opset: int = DEFAULT_OPSET,
     revision: str | None = None,
     log: Callable[[str], None] = print,
+    calibration: str | Path | None = None,
 ) -> Manifest:
-    """Export `source` (hub id or folder) to a bundle at `out_dir`; raises ExportError with a one-line reason."""
+    """Export `source` (hub id or folder) to a bundle at `out_dir`; raises ExportError with a one-line reason.
+
+    `calibration`: a folder of images for the int8-static variant (default: the set shipped with the
+    export extra, clipedge_export/data/calibration).
+    """
     wanted = parse_precisions(precisions)
+    cal_images, cal_record = None, None
+    if "int8-static" in wanted:  # a bad calibration folder is refused before any work
+        from .calibration import calibration_images
+
+        cal_images, cal_record = calibration_images(calibration)
     if not 14 <= opset <= 21:
         raise ExportError(f"opset {opset} is not supported (use 14..21; default {DEFAULT_OPSET})")
     out = Path(out_dir).expanduser().absolute()
@@ -115,7 +126,7 @@ def export_bundle(
     config = src.load_config(ckpt)
     tmp = prepare_output(out)
     try:
-        manifest = _build(ckpt, config, tmp, out.name, wanted, opset, log)
+        manifest = _build(ckpt, config, tmp, out.name, wanted, opset, log, (cal_images, cal_record))
         shutil.rmtree(tmp / "work", ignore_errors=True)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -138,21 +149,24 @@ class Described:
 
 @dataclasses.dataclass(frozen=True)
 class Graphs:
-    """The fused fp32 towers (fp16 starts from these), the same with SkipLayerNorm split (fp32 and int8
-    start from these), and the fusions the optimizer applied."""
+    """The unfused export (int8-static and fp32-unfused start from these), the fused fp32 towers (fp16
+    starts from these), the same with SkipLayerNorm split (fp32 and int8 start from these), and the
+    fusions the optimizer applied."""
 
+    raw: dict[str, Path]
     fused: dict[str, Path]
     split: dict[str, Path]
     fusions: dict[str, Any]
 
 
-def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, log) -> Manifest:
+def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, log, calibration) -> Manifest:
     """The steps of an export, in order; each writes into `tmp`."""
     t_start = time.perf_counter()
     model = src.load_model(ckpt, config)
     described = _describe(ckpt, config, model, tmp)
     graphs = _export_graphs(model, config, described, tmp / "work", opset, log)
-    files = _build_variants(graphs, wanted, tmp, log)
+    inputs = _calibration_inputs(calibration[0], described, tmp) if calibration[0] is not None else None
+    files = _build_variants(graphs, wanted, tmp, log, inputs)
     variants = _validate(model, described, files, graphs, tmp, log)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -167,6 +181,7 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
         precisions=variants,
         tools=tool_versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        calibration=calibration[1] or {},
     )
     write_manifest(tmp, manifest)
     log(f"export took {time.perf_counter() - t_start:.1f} s")
@@ -225,10 +240,19 @@ def _export_graphs(model, config, described: Described, work: Path, opset: int, 
     split = {t: work / f"{t}.fp32.split.onnx" for t in ("vision", "text")}
     for t in ("vision", "text"):
         prec.split_skip_layernorm(fused[t], split[t])
-    return Graphs(fused, split, fusions)
+    return Graphs(raw, fused, split, fusions)
 
 
-def _build_variants(graphs: Graphs, wanted: list[str], tmp: Path, log) -> dict[str, dict[str, Path]]:
+def _calibration_inputs(images, described: Described, tmp: Path) -> dict[str, list]:
+    from clipedge.tokenizer import ClipTokenizer
+
+    from . import calibration as cal
+
+    tokenizer = ClipTokenizer(tmp / "tokenizer.json", described.tokenizer)
+    return {"vision": cal.vision_inputs(images, described.preprocess), "text": cal.text_inputs(tokenizer.encode)}
+
+
+def _build_variants(graphs: Graphs, wanted: list[str], tmp: Path, log, inputs=None) -> dict[str, dict[str, Path]]:
     """Each wanted precision's two tower files, by its recipe (see clipedge_export.precisions)."""
     files: dict[str, dict[str, Path]] = {}
     for p in wanted:
@@ -238,6 +262,10 @@ def _build_variants(graphs: Graphs, wanted: list[str], tmp: Path, log) -> dict[s
                 shutil.copyfile(graphs.split[t], files[p][t])
             elif p == "int8":
                 prec.quantize_int8(graphs.split[t], files[p][t])
+            elif p == "int8-static":
+                prec.quantize_static_qdq(graphs.raw[t], files[p][t], inputs[t], symmetric=t == "vision")  # type: ignore[index]
+            elif p == "fp32-unfused":
+                shutil.copyfile(graphs.raw[t], files[p][t])
             else:
                 prec.convert_fp16(graphs.fused[t], files[p][t])
         log(f"built {p}")
@@ -259,7 +287,7 @@ def _validate(model, described: Described, files, graphs: Graphs, tmp: Path, log
         providers = _validation_providers(p)
         figures: dict[str, Any] = {}
         for provider in providers:
-            img, txt = _run_onnx(paths, ref, provider)
+            img, txt = _run_onnx(paths, ref, provider, p)
             figures[provider] = val.parity(ref, img, txt)
             problem = check(p, figures[provider])
             if problem:
@@ -269,7 +297,13 @@ def _validate(model, described: Described, files, graphs: Graphs, tmp: Path, log
             f"  {p}: image cos {main['image_cos_min']:.6f}  text cos {main['text_cos_min']:.6f}  "
             f"probs max diff {main['probs_max_abs_diff']:.2e}  top-1 agreement {main['top1_agreement']:.3f}"
         )
-        recipe = {"fp32": prec.FP32_RECIPE, "int8": prec.INT8_RECIPE, "fp16": prec.FP16_RECIPE}[p]
+        recipe = {
+            "fp32": prec.FP32_RECIPE,
+            "int8": prec.INT8_RECIPE,
+            "fp16": prec.FP16_RECIPE,
+            "int8-static": prec.INT8_STATIC_RECIPE,
+            "fp32-unfused": prec.FP32_UNFUSED_RECIPE,
+        }[p]
         variants[p] = Variant(
             vision=file_entry(tmp, paths["vision"].name),
             text=file_entry(tmp, paths["text"].name),
@@ -283,12 +317,16 @@ def _validate(model, described: Described, files, graphs: Graphs, tmp: Path, log
 
 
 def _validation_providers(precision: str) -> list[str]:
-    """CPU always; CUDA too when onnxruntime offers it (not for int8: its dynamic ops are CPU kernels)."""
+    """ONNX Runtime's CPU always; CUDA too when onnxruntime offers it (not for int8: its dynamic ops are
+    CPU kernels); OpenVINO too for the standard-operator variants when the openvino extra is installed."""
     import onnxruntime as ort
+    from clipedge import openvino_engine as ove
 
     providers = ["CPUExecutionProvider"]
     if precision != "int8" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
+    if precision in ove.ENGINE_PRECISIONS and ove.available():
+        providers.append(ove.PROVIDER)
     return providers
 
 
@@ -310,12 +348,16 @@ def _reference(model, preprocess, tokenizer, logit_scale: float):
     )
 
 
-def _run_onnx(files: dict[str, Path], ref, provider: str):
+def _run_onnx(files: dict[str, Path], ref, provider: str, precision: str = "fp32"):
+    from clipedge import openvino_engine as ove
     from clipedge.providers import create_session
 
-    provider_key = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
-    vision = create_session(files["vision"], provider_key, strict=True)
-    text = create_session(files["text"], provider_key, strict=True)
+    if provider == ove.PROVIDER:
+        vision, text = (ove.OpenVinoTower(files[t], precision=precision) for t in ("vision", "text"))
+    else:
+        provider_key = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        vision = create_session(files["vision"], provider_key, strict=True)
+        text = create_session(files["text"], provider_key, strict=True)
     img = vision.run(None, {VISION.input: ref.pixel_values})[0]
     txt = text.run(None, {TEXT.input: ref.input_ids})[0]
     return img, txt

@@ -15,6 +15,16 @@ figures are in docs/export.md and bench/results.
   patch-embedding Conv kept float (quantised, the image embedding lost fidelity); the final projection
   MatMul of each tower kept float (best agreement with fp32); the token-embedding table stored int8
   behind the Gather (a third of the text tower's size, same accuracy).
+- int8-static: static QDQ quantisation (QuantizeLinear/DequantizeLinear, standard ONNX operators only)
+  of the *unfused* export, the file OpenVINO and TensorRT's int8 take: int8 activations with scales fixed
+  by calibration (so results never depend on the batch; symmetric in the image tower, asymmetric in the
+  text tower, where symmetric scales lost too much), symmetric per-channel int8
+  weights, the MatMuls with weights and the text tower's token table quantised; the patch Conv, the final
+  projections and attention's activation x activation products kept float (as the dynamic recipe,
+  measured with `python -m bench.int8_recipes`). ONNX Runtime's CPU kernels run this form slowly; it is
+  ranked for OpenVINO (clipedge.selection).
+- fp32-unfused: the unfused export itself (standard operators), for engines that cannot read ONNX
+  Runtime's fused contrib operators (OpenVINO's fp32). Not built unless asked for.
 - fp16: the optimizer's own float16 conversion of the fused graph (SkipLayerNorm kept fused: fp16 is for
   CUDA, whose kernel is fast), inputs and outputs kept float32. Fused Attention computes softmax, and
   (Skip)LayerNormalization mean/variance, in float32 inside the kernels; validation checks for NaN/inf
@@ -26,6 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 FP32_RECIPE: dict[str, Any] = {
@@ -41,6 +52,20 @@ INT8_RECIPE: dict[str, Any] = {
     "op_types": ["MatMul", "Attention", "Gather"],
     "kept_float": ["Conv (patch embedding)", "final projection MatMul"],
 }
+INT8_STATIC_RECIPE: dict[str, Any] = {
+    "method": "onnxruntime.quantization.quantize_static, QDQ format",
+    "graph": "unfused export, standard ONNX operators only",
+    "activation_type": {
+        "vision": "QInt8, symmetric, per tensor, static (calibrated)",
+        "text": "QInt8, asymmetric, per tensor, static (calibrated): symmetric lost too much (cosine 0.977 on "
+        "the demo model's validation prompts, 0.993 asymmetric)",
+    },
+    "weight_type": "QInt8, symmetric, per channel",
+    "calibrate_method": "MinMax",
+    "op_types": ["MatMul", "Gather"],
+    "kept_float": ["Conv (patch embedding)", "final projection MatMul", "activation x activation MatMul"],
+}
+FP32_UNFUSED_RECIPE: dict[str, Any] = {"graph": "unfused export (torch.onnx.export), standard ONNX operators only"}
 FP16_RECIPE: dict[str, Any] = {
     "method": "onnxruntime.transformers OnnxModel.convert_float_to_float16",
     "keep_io_types": True,
@@ -110,6 +135,60 @@ def quantize_int8(fp32: Path, out: Path) -> None:
         nodes_to_exclude=output_projections(fp32),
         # shape inference cannot type the fused com.microsoft ops: tell the quantizer they are float
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def quantize_static_qdq(raw: Path, out: Path, inputs: list[np.ndarray], symmetric: bool = True) -> None:
+    """INT8_STATIC_RECIPE on one unfused tower, calibrated on `inputs` (each a batch for its one input).
+
+    The quantizer's calibration sessions need per-session thread pools, which ONNX Runtime refuses once a
+    process-wide pool exists (clipedge.threads): then it runs in a fresh process.
+    """
+    from clipedge import threads
+
+    if threads.shared_pool_exists():
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        proc = ctx.Process(target=_quantize_static_qdq, args=(raw, out, inputs, symmetric))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"static quantisation of {raw.name} failed in its process (exit {proc.exitcode})")
+        return
+    _quantize_static_qdq(raw, out, inputs, symmetric)
+
+
+def _quantize_static_qdq(raw: Path, out: Path, inputs: list[np.ndarray], symmetric: bool = True) -> None:
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(raw), load_external_data=False).graph
+    name = graph.input[0].name
+    weights = {i.name for i in graph.initializer}
+    keep_float = set(output_projections(raw))
+    keep_float |= {n.name for n in graph.node if n.op_type == "MatMul" and not set(n.input) & weights}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{name: x} for x in inputs])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" hint
+    quantize_static(
+        str(raw),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=INT8_STATIC_RECIPE["op_types"],
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=sorted(keep_float),
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
 
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 # int8 dynamic quantisation of CLIP measures 0.993-0.999 on the trained demo model and on random weights;
 # 0.98 catches broken recipes (a quantised patch Conv with uint8 weights falls far lower) without failing on
 # a checkpoint with larger activation outliers. fp16 keeps ~3 decimal digits: 0.999.
-THRESHOLDS = {"fp32": 0.99999, "int8": 0.98, "fp16": 0.999}
+THRESHOLDS = {"fp32": 0.99999, "int8": 0.98, "fp16": 0.999, "int8-static": 0.98, "fp32-unfused": 0.99999}
 
 PROMPTS = [
     "a photo of a cat",

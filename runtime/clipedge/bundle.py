@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the int8-static and fp32-unfused precisions, the calibration record
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "int8", "fp16")
+# fp32, int8 (dynamic) and fp16 are ONNX Runtime's fused graphs (contrib ops); int8-static (QDQ) and
+# fp32-unfused use standard ONNX operators only, for any engine (OpenVINO, TensorRT's int8)
+PRECISIONS = ("fp32", "int8", "fp16", "int8-static", "fp32-unfused")
+DEFAULT_PRECISIONS = ("fp32", "int8", "fp16", "int8-static")
 TOWERS = ("vision", "text")
 
 
@@ -111,6 +115,7 @@ class Manifest:
     precisions: dict[str, Variant]
     tools: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)  # the static int8 variant's calibration set
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,10 +123,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         manifest = _build(cls, data, "")
-        if manifest.format_version != FORMAT_VERSION:
+        if manifest.format_version not in READABLE_VERSIONS:
             raise BundleError(
                 f"manifest.json: format_version {manifest.format_version} is not supported "
-                f"(this clipedge reads version {FORMAT_VERSION})"
+                f"(this clipedge reads versions {', '.join(map(str, READABLE_VERSIONS))}; upgrade clipedge)"
             )
         for name in manifest.precisions:
             if name not in PRECISIONS:

@@ -97,13 +97,15 @@ class ZeroShotClassifier:
         cache_size: int = 16384,
         fast_jpeg: bool = False,
         thread_pool: str = "session",
+        batch_independent: bool = True,
+        engine: str = "auto",
     ) -> ZeroShotClassifier:
         """Load a bundle folder.
 
         Args:
             path: the bundle folder.
-            precision: "auto", "fp32", "int8" or "fp16"; auto follows `clipedge.selection.RANKING` for the
-                provider really in effect.
+            precision: "auto", "fp32", "int8", "fp16", "int8-static" or "fp32-unfused"; auto follows
+                `clipedge.selection`'s ranking for the engine and provider really in effect.
             provider: "auto", "cpu", "cuda", "tensorrt" or an ONNX Runtime provider list.
             threads: ONNX Runtime intra-op threads (None: one per core).
             strict: a requested provider that is missing or not in effect is an error; False falls back to
@@ -111,9 +113,14 @@ class ZeroShotClassifier:
             verify: check the files' sha256 against the manifest.
             decode_policy: formats, pixel cap, URL rules (`clipedge.images.DecodePolicy`).
             cache_size: label embeddings kept in the LRU cache.
-            fast_jpeg: let libjpeg decode large JPEGs at 1/2..1/8 scale (faster; embeddings change slightly).
+            fast_jpeg: let libjpeg decode large JPEGs at 1/2..1/8 scale, keeping at least twice the resize size
+                (faster; embeddings change slightly, and on small models top-1 can change: off by default).
             thread_pool: "session" (plays well with other ONNX Runtime users in the process), "shared" or
                 "session-spin" (see `clipedge.threads.session_options`).
+            batch_independent: an image's result never depends on the images it runs with (nor a label's on
+                other labels): dynamically quantised int8 then runs one item at a time. False runs whole
+                batches, faster, with results that move slightly with their batch mates.
+            engine: "auto", "onnxruntime" or "openvino" (the `openvino` extra; int8-static and fp32-unfused).
 
         Returns:
             The classifier.
@@ -126,8 +133,11 @@ class ZeroShotClassifier:
         bundle = load_bundle(path, verify=False)
         decode_policy = decode_policy or DecodePolicy()
         if fast_jpeg:
-            decode_policy = replace(decode_policy, draft=bundle.manifest.preprocess.resize_shortest_edge)
-        encoder = ClipEncoder(bundle, precision, provider, threads, strict, thread_pool, verify)
+            # at least twice the resize size: PIL's bicubic does the last reduction (docs/runtime.md)
+            decode_policy = replace(decode_policy, draft=2 * bundle.manifest.preprocess.resize_shortest_edge)
+        encoder = ClipEncoder(
+            bundle, precision, provider, threads, strict, thread_pool, verify, batch_independent, engine
+        )
         tokenizer = ClipTokenizer(bundle.path / bundle.manifest.tokenizer.file, bundle.manifest.tokenizer)
         return cls(bundle, encoder, tokenizer, decode_policy, LabelCache(cache_size))
 

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from .bundle import Bundle
-from .providers import ProviderSpec, create_session
+from .providers import ProviderSpec
 from .selection import open_vision
 
 
@@ -22,8 +22,8 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 class ClipEncoder:
-    """The vision session (opened at once) and the text session (on first use) of one precision; provider
-    and precision are resolved by `clipedge.selection.open_vision`."""
+    """The vision session (opened at once) and the text session (on first use) of one precision; engine,
+    provider and precision are resolved by `clipedge.selection.open_vision`."""
 
     def __init__(
         self,
@@ -34,9 +34,15 @@ class ClipEncoder:
         strict: bool = True,
         pool: str = "session",
         verify: bool = True,
+        batch_independent: bool = True,
+        engine: str = "auto",
     ):
-        self.precision, provider, self._vision = open_vision(bundle, precision, provider, threads, strict, pool, verify)
+        self.choice, self._vision = open_vision(bundle, precision, provider, threads, strict, pool, verify, engine)
+        self.precision, provider = self.choice.precision, self.choice.provider
         self.bundle = bundle
+        # dynamic quantisation takes one activation scale per run: an image's (or a label's) result would
+        # depend on what it runs with, so such a precision runs one item at a time (docs/runtime.md)
+        self.per_item = batch_independent and batch_dependent(bundle, self.precision)
         self._provider, self._threads, self._strict, self._pool = provider, threads, strict, pool
         towers = bundle.manifest.towers
         self._vision_io, self._text_io = towers["vision"], towers["text"]
@@ -51,7 +57,7 @@ class ClipEncoder:
         with self._text_lock:
             if self._text is None:
                 path = self.bundle.tower_path(self.precision, "text")
-                self._text = create_session(path, self._provider, self._threads, self._strict, self._pool)
+                self._text = self.choice.open(path, self._threads, self._strict, self._pool)
         return self._text
 
     def embed_pixels(self, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -59,6 +65,8 @@ class ClipEncoder:
         dim = self.bundle.manifest.architecture.embed_dim
         if len(pixel_values) == 0:
             return np.zeros((0, dim), dtype=np.float32)
+        if self.per_item:
+            batch_size = 1
         outs = [
             self._vision.run(None, {self._vision_io.input: pixel_values[i : i + batch_size]})[0]
             for i in range(0, len(pixel_values), batch_size)
@@ -67,5 +75,20 @@ class ClipEncoder:
 
     def embed_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [N,L] -> unit text embeddings float32 [N,D]."""
-        out = self._text_session().run(None, {self._text_io.input: input_ids.astype(np.int64, copy=False)})[0]
-        return l2_normalise(out)
+        session, name = self._text_session(), self._text_io.input
+        input_ids = input_ids.astype(np.int64, copy=False)
+        if not self.per_item:
+            return l2_normalise(session.run(None, {name: input_ids})[0])
+        eos = self.bundle.manifest.tokenizer.eos_id
+        outs = []
+        for row in input_ids:  # each text alone, cut after its first end-of-text (padding would change the scale)
+            ends = np.flatnonzero(row == eos)
+            length = int(ends[0]) + 1 if len(ends) else len(row)
+            outs.append(session.run(None, {name: row[None, :length]})[0])
+        return l2_normalise(np.concatenate(outs))
+
+
+def batch_dependent(bundle: Bundle, precision: str) -> bool:
+    """True for dynamically quantised variants (activation scales computed per run)."""
+    recipe = bundle.manifest.precisions[precision].recipe
+    return "dynamic" in str(recipe.get("method", "")) or "dynamic" in str(recipe.get("activation_type", ""))

@@ -96,7 +96,7 @@ def evaluate(
     options = options.resolved()
     classes, paths, targets = image_folder(dataset, limit_per_class)
     names = list(precisions or load_bundle(options.bundle, verify=False).manifest.precisions)  # type: ignore[arg-type]
-    clfs = {p: replace(options, precision=p).load() for p in names}
+    clfs = {p: replace(options, precision=p, engine=_engine_for(options.engine, p)).load() for p in names}
     first = clfs[names[0]]
     labels = {p: c.label_embeddings(classes, templates) for p, c in clfs.items()}
     report = EvalReport(str(dataset), classes, len(paths))
@@ -132,6 +132,13 @@ def evaluate(
             cos = np.concatenate(cosines[p])
             report.cosine_to_fp32[p] = {"min": float(cos.min()), "mean": float(cos.mean())}
     return report
+
+
+def _engine_for(engine: str, precision: str) -> str:
+    """--engine openvino: OpenVINO for the precisions it runs, ONNX Runtime for the others (the reference)."""
+    from .openvino_engine import ENGINE_PRECISIONS
+
+    return engine if engine != "openvino" or precision in ENGINE_PRECISIONS else "onnxruntime"
 
 
 def format_report(report: EvalReport) -> str:

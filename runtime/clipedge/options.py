@@ -59,6 +59,8 @@ class LoadOptions:
     allow_private_urls: bool = False
     allow_link_local_urls: bool = False
     fetch_timeout: float = 5.0  # seconds for a whole URL fetch: DNS, connect, headers, body
+    batch_independent: bool = True  # results never depend on batch mates (see ZeroShotClassifier.load)
+    engine: str = "auto"  # "auto", "onnxruntime" or "openvino" (clipedge.selection)
 
     def resolved(self) -> LoadOptions:
         """These options with the bundle named (`default_bundle()` when None). Raises NoBundleError."""
@@ -88,4 +90,6 @@ class LoadOptions:
             decode_policy=decode_policy or opts.decode_policy(),
             fast_jpeg=opts.fast_jpeg,
             thread_pool=opts.thread_pool,
+            batch_independent=opts.batch_independent,
+            engine=opts.engine,
         )

@@ -1,29 +1,38 @@
-"""Choosing what runs, in one place: the provider and the precision of a classifier's towers.
+"""Choosing what runs, in one place: the engine, the provider and the precision of a classifier's towers.
 
-"auto" precision follows a ranking per execution provider (from the benchmarks in docs/benchmarks.md):
-the CPU provider runs dynamic int8 fastest, then fp32 (fp16 has no fast CPU kernels); CUDA and TensorRT
-run fp16 fastest, then fp32 (dynamic int8 has CPU kernels only). The ranking is applied to the provider
-that is really in effect once the session exists: ONNX Runtime falls back to the CPU silently when CUDA
-cannot start, and a CUDA choice (fp16) must then not run on the CPU. An explicit precision is never
-changed; an explicit provider that is not in effect is an error unless a fallback was asked for
-(strict=False).
+The ranking, from the benchmarks (docs/benchmarks.md), applied to what is really in effect:
+- CPU, with the `openvino` extra installed and an int8-static variant in the bundle: OpenVINO on
+  int8-static (static scales, fastest on the CPUs measured, AMD included);
+- CPU otherwise (ONNX Runtime): int8 (dynamic, run one item at a time so results do not depend on the
+  batch), then fp32, int8-static, fp32-unfused, fp16 (fp16 has no fast CPU kernels);
+- CUDA and TensorRT (ONNX Runtime): fp16, then fp32, fp32-unfused, int8-static, int8 (dynamic int8 has
+  CPU kernels only).
+The ranking is applied once the session exists: ONNX Runtime falls back to the CPU silently when CUDA
+cannot start, and a CUDA choice (fp16) must then not run on the CPU. An optional engine that fails to
+start falls back to ONNX Runtime with a warning. An explicit precision is never changed; an explicit
+engine or provider that cannot be had is an error unless a fallback was asked for (strict=False).
+Override with `engine=` ("onnxruntime", "openvino"), `provider=` and `precision=`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import onnxruntime as ort
-
+from . import openvino_engine as ove
 from .bundle import Bundle
-from .providers import ProviderSpec, create_session, resolve_providers
+from .providers import ModelLoadError, ProviderError, ProviderSpec, create_session, resolve_providers
 
 log = logging.getLogger("clipedge")
 
+ENGINES = ("auto", "onnxruntime", "openvino")
 RANKING: dict[str, tuple[str, ...]] = {
-    "CPUExecutionProvider": ("int8", "fp32", "fp16"),
-    "CUDAExecutionProvider": ("fp16", "fp32", "int8"),
-    "TensorrtExecutionProvider": ("fp16", "fp32", "int8"),
+    "CPUExecutionProvider": ("int8", "fp32", "int8-static", "fp32-unfused", "fp16"),
+    "CUDAExecutionProvider": ("fp16", "fp32", "fp32-unfused", "int8-static", "int8"),
+    "TensorrtExecutionProvider": ("fp16", "fp32", "fp32-unfused", "int8-static", "int8"),
+    ove.PROVIDER: ove.ENGINE_PRECISIONS,
 }
 
 
@@ -44,6 +53,58 @@ def _first(providers: list) -> str:
     return p[0] if isinstance(p, tuple) else p
 
 
+@dataclass(frozen=True)
+class Choice:
+    """What runs: the engine, the precision, and (ONNX Runtime) the provider spec in effect."""
+
+    engine: str
+    precision: str
+    provider: ProviderSpec
+
+    def open(self, path: str | Path, threads: int | None, strict: bool, pool: str) -> Any:
+        """A session for one tower file (ONNX Runtime's, or an OpenVINO tower with the same interface)."""
+        if self.engine == "openvino":
+            return ove.OpenVinoTower(path, threads, self.precision)
+        return create_session(path, self.provider, threads, strict, pool)
+
+
+def _wants_cpu(provider: ProviderSpec) -> bool:
+    return isinstance(provider, str) and provider.lower() in ("auto", "cpu")
+
+
+def _openvino(bundle: Bundle, precision: str, provider: ProviderSpec, engine: str, strict: bool) -> str | None:
+    """The precision OpenVINO should run, or None when ONNX Runtime should."""
+    if engine == "onnxruntime" or (engine == "auto" and not _wants_cpu(provider)):
+        return None
+    wanted = (
+        [precision] if precision != "auto" else [p for p in ove.ENGINE_PRECISIONS if p in bundle.manifest.precisions]
+    )
+    usable = [p for p in wanted if p in ove.ENGINE_PRECISIONS and p in bundle.manifest.precisions]
+    if engine == "auto":  # OpenVINO is the ranked engine for its precisions on the CPU, when installed
+        candidate = "int8-static" if precision == "auto" else precision
+        if candidate in ove.ENGINE_PRECISIONS and candidate in bundle.manifest.precisions and ove.available():
+            import onnxruntime as ort
+
+            cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+            if provider == "cpu" or precision != "auto" or not cuda:
+                return candidate
+        return None
+    problem = None
+    if not ove.available():
+        problem = "engine openvino needs the openvino extra: pip install 'clipedge[openvino]'"
+    elif not _wants_cpu(provider):
+        problem = "engine openvino runs on the CPU: use provider auto or cpu with it"
+    elif not usable:
+        have = ", ".join(bundle.manifest.precisions)
+        problem = f"engine openvino runs {' or '.join(ove.ENGINE_PRECISIONS)}; this bundle has {have}"
+    if problem is None:
+        return usable[0]
+    if strict:
+        raise ProviderError(problem)
+    log.warning("%s; falling back to ONNX Runtime", problem)
+    return None
+
+
 def open_vision(
     bundle: Bundle,
     precision: str = "auto",
@@ -52,21 +113,39 @@ def open_vision(
     strict: bool = True,
     pool: str = "session",
     verify: bool = True,
-) -> tuple[str, ProviderSpec, ort.InferenceSession]:
-    """Resolve provider and precision and open the vision tower.
+    engine: str = "auto",
+) -> tuple[Choice, Any]:
+    """Resolve engine, provider and precision and open the vision tower.
 
     Returns:
-        (precision, provider spec for the text tower, vision session): the spec names the provider in
-        effect, so the text tower runs where the vision tower does.
+        (the choice, the vision session); the choice opens the text tower the same way.
 
     Raises:
-        ProviderError: (strict) the requested provider is missing or not in effect.
+        ProviderError: (strict) the requested engine or provider is missing or not in effect.
         BundleError: the bundle lacks the precision, or its files do not match the manifest.
-        ModelLoadError: ONNX Runtime cannot load the file.
+        ModelLoadError: the engine cannot load the file.
     """
+    if engine not in ENGINES:
+        raise ProviderError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    ov_precision = _openvino(bundle, precision, provider, engine, strict)
+    if ov_precision is not None:
+        choice = Choice("openvino", ov_precision, "cpu")
+        if verify:
+            bundle.verify(ov_precision)
+        try:
+            return choice, choice.open(bundle.tower_path(ov_precision, "vision"), threads, strict, pool)
+        except ModelLoadError as e:
+            if engine == "openvino" and strict:
+                raise
+            log.warning("%s; falling back to ONNX Runtime", e)
+    return _open_onnxruntime(bundle, precision, provider, threads, strict, pool, verify)
+
+
+def _open_onnxruntime(bundle, precision, provider, threads, strict, pool, verify) -> tuple[Choice, Any]:
     requested = resolve_providers(provider, strict)
     chosen = choose_precision(bundle, _first(requested)) if precision == "auto" else precision
-    bundle.variant(chosen)
+    if chosen not in bundle.manifest.precisions:
+        bundle.variant(chosen)  # raises BundleError naming what the bundle has
     if verify:
         bundle.verify(chosen)
     session = create_session(bundle.tower_path(chosen, "vision"), provider, threads, strict, pool)
@@ -78,4 +157,7 @@ def open_vision(
             bundle.verify(chosen)
         session = create_session(bundle.tower_path(chosen, "vision"), [active], threads, strict, pool)
     effective: ProviderSpec = provider if active == _first(requested) else [active]
-    return chosen, effective, session
+    return Choice("onnxruntime", chosen, effective), session
+
+
+__all__ = ["ENGINES", "RANKING", "Choice", "choose_precision", "open_vision"]

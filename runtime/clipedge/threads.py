@@ -76,3 +76,8 @@ def _options(threads: int | None, pool: str) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if pool == "session-spin" else "0")
     return so
+
+
+def shared_pool_exists() -> bool:
+    """Whether this process made ONNX Runtime's process-wide pool (then per-session pools are refused)."""
+    return bool(_shared_pool)

@@ -31,7 +31,7 @@ class BatchJob:
     batch_size: int = 32
     workers: int | None = None  # decode threads (local engine)
     progress: bool | None = None  # None: a bar on a terminal
-    engine: str = "local"  # "local" | "ray"
+    runner: str = "local"  # "local" | "ray"
     ray_address: str | None = None
 
 
@@ -42,8 +42,8 @@ class JobError(ValueError):
 def check_extras(job: BatchJob, out: Path) -> None:
     import importlib.util
 
-    if job.engine == "ray" and importlib.util.find_spec("ray") is None:
-        raise JobError("--engine ray needs the ray extra: pip install 'clipedge[ray]'")
+    if job.runner == "ray" and importlib.util.find_spec("ray") is None:
+        raise JobError("--runner ray needs the ray extra: pip install 'clipedge[ray]'")
     if out.suffix.lower() == ".parquet" and importlib.util.find_spec("pyarrow") is None:
         raise JobError(f"{out}: Parquet output needs pyarrow: pip install 'clipedge[batch]'")
 
@@ -101,7 +101,7 @@ def run_job(job: BatchJob, prepared: Prepared | None = None) -> tuple[Summary, P
     bar = progress_bar(None if total is None else max(0, total - len(p.skip)), job.progress)
     writer = open_writer(p.out, p.layout)
     try:
-        if job.engine == "ray":
+        if job.runner == "ray":
             from .ray_engine import run_ray
 
             summary = run_ray(job, p.clf, p.labels, writer, p.skip, bar.update if bar else None)

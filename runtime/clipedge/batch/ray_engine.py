@@ -1,4 +1,4 @@
-"""`--engine ray`: Ray Data reads the input and runs the classifier in an actor pool (one ONNX Runtime
+"""`--runner ray`: Ray Data reads the input and runs the classifier in an actor pool (one ONNX Runtime
 session per actor, CPU or GPU); the rows stream back to the driver, which writes them with the same
 writers as the local engine (same formats, layouts and resume). Needs the `ray` extra.
 

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from .common import (
+    ENGINES,
     EXIT_PARTIAL,
     add_label_args,
     add_model_args,
@@ -25,6 +26,10 @@ from .common import (
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..batch import BatchJob, prepare_job, run_job
 
+    runner = args.runner
+    if args.engine in ("local", "ray"):  # clipedge 0.1 chose the runner with --engine
+        print(f"clipedge: note: --engine {args.engine} is now --runner {args.engine}", file=sys.stderr)
+        runner, args.engine = args.engine, "auto"
     try:
         names = label_names(args)
         job = BatchJob(
@@ -41,7 +46,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=False if args.no_progress else None,
-            engine=args.engine,
+            runner=runner,
             ray_address=args.ray_address,
         )
         prepared = prepare_job(job)
@@ -74,7 +79,7 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
                    help="azure: Azure's predictions.csv (default for its input); native: our rows")  # fmt: skip
     add_label_args(p)
     add_template_args(p)
-    add_model_args(p)
+    add_model_args(p, engines=[*ENGINES, "local", "ray"])  # local/ray: clipedge 0.1's spelling of --runner
     p.add_argument("--image-column", default="image", help="table column with paths, URLs or base64 (default image)")
     p.add_argument("--id-column", default=None, help="table column to use as the row id (default: row number)")
     p.add_argument("--resume", action="store_true", help="skip rows already in the output and append")
@@ -83,6 +88,7 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fast-jpeg", action="store_true", help="decode large JPEGs at reduced scale (faster)")
     add_url_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--runner", choices=["local", "ray"], default="local",
+                   help="local (default) or ray (Ray Data; clipedge[ray])")  # fmt: skip
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local one)")
     p.set_defaults(func=cmd_batch)

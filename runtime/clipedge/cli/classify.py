@@ -145,7 +145,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..options import LoadOptions
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
-    options = LoadOptions(args.model, provider=args.provider, threads=args.threads, thread_pool=args.thread_pool)
+    options = LoadOptions(
+        args.model, provider=args.provider, threads=args.threads, thread_pool=args.thread_pool, engine=args.engine
+    )
     try:
         report = evaluate(
             options,
@@ -168,6 +170,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", default=None, help="bundle folder (default: $CLIPEDGE_MODEL, else models/demo)")
     p.add_argument("--precisions", default=None, help="comma-separated (default: all the bundle has)")
     p.add_argument("--provider", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="auto: OpenVINO for int8-static when installed, else ONNX Runtime")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--thread-pool", default="shared", choices=["shared", "session", "session-spin"])
     p.add_argument("--limit-per-class", type=positive_int, default=None, help="use at most N images per class")

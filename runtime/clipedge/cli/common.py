@@ -93,7 +93,10 @@ def template_set(text: str) -> str:
 
 
 # -- shared arguments ---------------------------------------------------------------------------------
-def add_model_args(p: argparse.ArgumentParser, pool: str = "shared") -> None:
+ENGINES = ["auto", "onnxruntime", "openvino"]
+
+
+def add_model_args(p: argparse.ArgumentParser, pool: str = "shared", engines: list[str] = ENGINES) -> None:
     p.add_argument(
         "-m",
         "--model",
@@ -103,14 +106,22 @@ def add_model_args(p: argparse.ArgumentParser, pool: str = "shared") -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "int8", "fp16"],
-        help="auto: the fastest the bundle has for the provider in effect (int8 on CPU, fp16 on CUDA)",
+        choices=["auto", "fp32", "int8", "fp16", "int8-static", "fp32-unfused"],
+        help="auto: the fastest the bundle has where it runs (docs/runtime.md, 'Precision, provider, engine')",
     )
     p.add_argument("--provider", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
     p.add_argument(
+        "--engine",
+        default="auto",
+        choices=engines,
+        help="auto: OpenVINO on int8-static when the openvino extra is installed and the CPU runs it, "
+        "else ONNX Runtime",
+    )
+    p.add_argument(
         "--provider-fallback",
         action="store_true",
-        help="warn and run on the CPU instead of failing when the requested provider is missing",
+        help="warn and run on the CPU (ONNX Runtime) instead of failing when the requested provider or "
+        "engine is missing",
     )
     p.add_argument(
         "--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: all cores)"
@@ -148,6 +159,7 @@ def load_options(args: argparse.Namespace):
         allow_private_urls=getattr(args, "allow_private_urls", False),
         allow_link_local_urls=getattr(args, "allow_link_local_urls", False),
         fetch_timeout=getattr(args, "fetch_timeout", 5.0),
+        engine=getattr(args, "engine", "auto"),
     )
 
 

@@ -24,6 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             precisions=args.precisions,
             opset=args.opset,
             revision=args.revision,
+            calibration=args.calibration,
             log=lambda m: print(m, file=sys.stderr),
         )
     except ExportError as e:
@@ -39,7 +40,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a Hugging Face CLIP checkpoint to a bundle (needs clipedge[export])")
     p.add_argument("source", help="hub id (e.g. openai/clip-vit-base-patch32) or local checkpoint folder")
     p.add_argument("-o", "--output", required=True, help="bundle folder to create (must not exist or be empty)")
-    p.add_argument("--precisions", default="fp32,int8,fp16", help="comma-separated: fp32,int8,fp16")
+    p.add_argument(
+        "--precisions",
+        default="fp32,int8,fp16,int8-static",
+        help="comma-separated from fp32, int8, fp16, int8-static, fp32-unfused (default: all but fp32-unfused)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="folder of images to calibrate int8-static on (default: the set shipped with the export extra)",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.set_defaults(func=cmd_export)

@@ -202,6 +202,7 @@ async def ready(request: Request) -> JSONResponse:
             "status": "ready",
             "bundle": clf.bundle.manifest.name,
             "precision": clf.precision,
+            "engine": clf.encoder.choice.engine,
             "providers": clf.encoder.providers,
         }
     )
