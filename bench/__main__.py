@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heldout", default=None, help="image-folder set for fidelity (default: generated)")
     p.add_argument("--heldout-per-class", type=int, default=20, help="generated set size per class (30 classes)")
     p.add_argument("--no-fidelity", action="store_true")
+    p.add_argument("--peers-rounds", type=int, default=5,
+                   help="interleaved rounds of the peer study (bench.peers) on ViT-B/32; 0 skips it")  # fmt: skip
     p.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
     p.add_argument("--out", default=None, help="report folder (default bench/results/bench-DATE)")
     p.add_argument("--doc", "--readme", dest="doc", default=None,
@@ -150,6 +152,24 @@ def run_options(args: argparse.Namespace, heldout: Path | None) -> dict:
     }
 
 
+def peer_study(models: list[Model], args: argparse.Namespace, log) -> dict:
+    """bench.peers on the ViT-B/32 model of this run: clipedge's paths against PyTorch and OpenVINO+NNCF,
+    interleaved; or why it did not run."""
+    vit = next((m for m in models if m.random_weights and m.checkpoint), None)
+    if args.peers_rounds <= 0 or vit is None:
+        return {"skipped": "no ViT-B/32 model with a checkpoint in this run" if vit is None else "--peers-rounds 0"}
+    from . import peers
+
+    threads = max(t or 0 for t in args.threads) or (os.cpu_count() or 2)
+    report = peers.run(str(vit.bundle), str(vit.checkpoint), threads, args.peers_rounds, 20, log)
+    report["ceiling"] = peers.ceiling(str(vit.bundle), threads)
+    peers.ratios(report, report["ceiling"]["img_s"])
+    report["targets"] = peers.targets(report)
+    report.update(date=_dt.date.today().isoformat(), rounds=args.peers_rounds, model=f"{vit.name} ({vit.note})")
+    report["machine"] = {"cpu": peers._cpu_name(), "cores": os.cpu_count()}
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -165,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     image = ROOT / "models" / "demo" / "examples" / "red_circle.png"
     opts = run_options(args, heldout)
     report = run(models, args.providers, args.precisions, args.threads, args.pools, opts, heldout, image, log)
+    report["peers"] = peer_study(models, args, log)
 
     from .report import write_outputs
 

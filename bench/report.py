@@ -182,6 +182,13 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
     table = targets_table(report)
     if table:
         out += [*table, ""]
+    peers = report.get("peers") or {}
+    if peers.get("rows"):
+        from .peers import markdown as peers_markdown
+
+        out += ["**Against the peers, interleaved** (bench.peers):", "", peers_markdown(peers), ""]
+    elif peers.get("skipped"):
+        out += [f"Peer study not run: {peers['skipped']}.", ""]
     for title, path in (plots or {}).items():
         out.append(f"![{title}]({path})")
     return "\n".join(out).rstrip() + "\n"
