@@ -347,3 +347,22 @@ def test_url_schemes_and_single_inputs(capsys):
     clf = ZeroShotClassifier.load(DEMO)
     one = clf.classify(str(EXAMPLES[-2]), "red circle, blue cross")  # one image, Azure-style label string
     assert len(one) == 1 and one[0]["labels"] == ["red circle", "blue cross"] and one[0]["probs"][0] > 0.9
+
+
+def test_resume_an_output_with_thousands_of_labels(folder, tmp_path):
+    many = ", ".join(f"label number {i}" for i in range(7000))  # a labels cell far over 131,072 characters
+    for name in ("out.csv", "out.jsonl"):
+        out = tmp_path / name
+        assert run(folder, "--labels", many, "-o", out) == 1
+        assert run(folder, "--labels", many, "-o", out, "--resume") == 0
+        assert len(read_rows(out)) == 8
+
+
+def test_a_huge_jsonl_line_is_skipped_without_being_held(tmp_path, monkeypatch):
+    from clipedge.batch import sources
+
+    monkeypatch.setattr(sources, "ROW_CAP", 1000)
+    table = tmp_path / "t.jsonl"
+    table.write_text(json.dumps({"image": "x" * 5000}) + "\n" + json.dumps({"image": str(EXAMPLES[0])}) + "\n")
+    rows = list(sources.table_rows(table))
+    assert rows[0][1] == "line 1: row exceeds the limit of 1,000 bytes" and rows[1][1]["image"] == str(EXAMPLES[0])

@@ -51,19 +51,21 @@ def test_admission_bounds_the_queue_by_time():
         small.admit(2)
 
 
-def test_admission_learns_the_rate_while_busy(monkeypatch):
-    from clipedge.serve import batcher
-
-    now = {"t": 100.0}
-    monkeypatch.setattr(batcher.time, "monotonic", lambda: now["t"])
-    a = Admission(max_queue_ms=1000, max_images=1000, rate=1000.0, smoothing=0.5)
+def test_admission_learns_the_cost_of_work_not_of_waiting():
+    a = Admission(max_queue_ms=1000, max_images=1000, rate=1000.0, cores=2, smoothing=0.5)
+    for _ in range(12):
+        a.observe(10, 1.0)  # the tower: 10 images a second
+    assert 9.0 < a.rate < 11.0
     a.admit(20)
-    for _ in range(10):  # batches of 10 images finish every second: 10 images/s
-        now["t"] += 1.0
-        a.observe(10)
-    assert 9.0 < a.rate < 12.0
     with pytest.raises(QueueFull):
         a.check(1)  # 21 images at 10/s is 2.1 s
+    a.release(20)
+    for _ in range(200):
+        a.observe_decode(0.1)  # decoding costs 0.1 CPU-s per image, over 2 cores
+    assert 6.0 < a.rate < 7.0  # 1 / (0.1 + 0.05)
+    # time spent waiting on a slow remote is never observed: it does not lower the rate
+    a.reading = 50
+    a.check(500)  # nothing in flight: admitted, whatever is still being read
 
 
 def test_cancelled_requests_are_dropped_and_errors_reach_every_request():

@@ -92,7 +92,9 @@ def test_ipv6_forms_embedding_ipv4_are_judged_by_the_ipv4(address):
      ("2606:4700::1111", "global"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
      ("fe80::1%eth0", "link-local"), ("::ffff:169.254.169.254", "link-local"), ("10.0.0.1", "private"),
      ("100.64.0.1", "private"), ("fc00::1", "private"), ("0.0.0.0", "private"), ("::1", "private"),
-     ("224.0.0.1", "multicast"), ("ff02::1", "multicast")],
+     ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("192.0.0.192", "link-local"),
+     ("fd00:ec2::254", "link-local"), ("64:ff9b:1::7f00:1", "private"), ("::ffff:0:7f00:1", "private"),
+     ("fec0::1", "private"), ("192.0.0.8", "private")],
 )  # fmt: skip
 def test_address_kinds(address, kind):
     assert fetch.address_kind(address) == kind
@@ -157,3 +159,18 @@ def test_limits(server):
 def test_non_image_body_is_clear_image_error(server):
     with pytest.raises(ImageError, match="/text: not an image in an allowed format"):
         load_image(server.url + "/text", DecodePolicy(fetch=PRIVATE_OK))
+
+
+def test_malformed_and_non_ascii_urls(server):
+    with pytest.raises(FetchError, match="malformed URL"):
+        fetch_url("http://[::1/x.png")
+    with pytest.raises(ImageError, match="malformed URL"):
+        load_image("http://[::1/x.png")
+    assert fetch_url(server.url + "/img café é.png", PRIVATE_OK) == png_bytes()  # percent-encoded on the wire
+
+
+def test_untrusted_callers_do_not_learn_internal_addresses():
+    policy = FetchPolicy(resolver=fake_dns("10.1.2.3"), hide_addresses=True)
+    with pytest.raises(FetchError) as refused:
+        fetch.resolve("intranet.example", 80, policy, time.monotonic() + 1)
+    assert "10.1.2.3" not in str(refused.value) and "non-public address" in str(refused.value)

@@ -403,3 +403,61 @@ def test_work_of_a_client_that_went_away_is_dropped(vitb32_bundle):
         time.sleep(2.0)
         ran = images_run() - before
     assert ran < 64, ran  # the second request's images were dropped from the queue, not run
+
+
+def test_replies_before_the_body_close_the_connection():
+    env = {"CLIPEDGE_TEST_KEY": "k3y"}
+    with ServerProcess(DEMO, "--api-key-env", "CLIPEDGE_TEST_KEY", "--max-body-mb", "1", env=env) as s:
+        for head in (
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n",  # no key
+            b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\nContent-Length: 99999999\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+                sock.sendall(head + b"{")
+                reply = b""
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 10:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break  # closed by the server: nobody can hold it open by dripping the body
+                    reply += chunk
+            assert reply.split(b"\r\n")[0] in (b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 413 Request Entity Too Large")
+            assert b"connection: close" in reply.lower() and time.monotonic() - t0 < 10
+
+
+def test_text_tower_work_is_bounded_and_malformed_urls_are_400(server):
+    r = httpx.post(server.url + "/score", json=score_body("http://[::1/x.png"))
+    assert r.status_code == 400 and "malformed URL" in r.json()["message"]
+    texts = {"texts": [f"a text of some length number {i}" for i in range(1000)]}
+    with ThreadPoolExecutor(32) as pool:
+        codes = list(
+            pool.map(lambda _: httpx.post(server.url + "/embed/text", json=texts, timeout=120).status_code, range(32))
+        )
+    assert set(codes) <= {200, 503} and 200 in codes
+    assert httpx.post(server.url + "/score", json=score_body(RED), timeout=60).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_slow_remote_does_not_make_the_server_refuse_others():
+    with ImageServer() as remote, ServerProcess(DEMO, "--allow-private-urls", "--max-queue-ms", "200") as s:
+        body = {
+            "input_data": {
+                "columns": ["image", "text"],
+                "data": [[remote.url + f"/drip-headers?{i}", "a, b"] for i in range(16)],
+            }
+        }
+        stop = time.monotonic() + 12
+
+        def attacker():
+            while time.monotonic() < stop:
+                httpx.post(s.url + "/score", json=body, timeout=60)
+
+        with ThreadPoolExecutor(2) as pool:
+            attack = pool.submit(attacker)
+            time.sleep(1.0)
+            codes = []
+            while time.monotonic() < stop - 1:
+                codes.append(httpx.post(s.url + "/score", json=score_body(RED), timeout=30).status_code)
+                time.sleep(0.1)
+            attack.result()
+    assert codes and codes.count(200) / len(codes) > 0.9, codes

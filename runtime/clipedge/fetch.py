@@ -24,11 +24,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 REDIRECTS = (301, 302, 303, 307, 308)
+URL_SAFE = "/%:@!$&'()*+,;=-._~?"  # kept as they are; spaces and non-ASCII characters are percent-encoded
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: the IPv4 address is in the last 32 bits
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765's IPv4-translated form
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Not global whatever the Python version's tables say (IANA special-purpose registries), and the cloud
+# metadata addresses outside 169.254.0.0/16, which count as link-local here.
+NOT_GLOBAL = [ipaddress.ip_network(n) for n in ("192.0.0.0/24", "fec0::/10", "100::/64", "2001:db8::/32")]
+METADATA = [ipaddress.ip_address(a) for a in ("fd00:ec2::254", "192.0.0.192")]
 Resolver = Callable[[str, int], list[str]]
 
 
@@ -41,6 +48,7 @@ class FetchPolicy:
     max_redirects: int = 5
     user_agent: str = "clipedge"
     resolver: Resolver | None = None  # (host, port) -> addresses; None: the system resolver (tests fake it)
+    hide_addresses: bool = False  # untrusted callers: refusals do not tell which internal address a name has
 
 
 class FetchError(Exception):
@@ -53,7 +61,7 @@ def embedded_ipv4(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddr
         return None
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
-    if addr in NAT64 or (addr in IPV4_COMPATIBLE and int(addr) > 1):
+    if addr in NAT64 or addr in NAT64_LOCAL or addr in IPV4_TRANSLATED or (addr in IPV4_COMPATIBLE and int(addr) > 1):
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return addr.sixtofour
 
@@ -64,8 +72,10 @@ def address_kind(ip: str) -> str:
     addr = embedded_ipv4(addr) or addr
     if addr.is_multicast:
         return "multicast"
-    if addr.is_link_local:
+    if addr.is_link_local or addr in METADATA:
         return "link-local"
+    if any(addr in net for net in NOT_GLOBAL if net.version == addr.version):
+        return "private"
     return "global" if addr.is_global else "private"
 
 
@@ -83,7 +93,8 @@ def check_address(ip: str, policy: FetchPolicy) -> None:
         "link-local": "link-local addresses such as the metadata service need --allow-link-local-urls",
         "multicast": "multicast addresses are never fetched",
     }[kind]
-    raise FetchError(f"host resolves to a non-public address ({ip}); refused ({why})")
+    shown = "" if policy.hide_addresses else f" ({ip})"
+    raise FetchError(f"host resolves to a non-public address{shown}; refused ({why})")
 
 
 def _system_resolver(host: str, port: int) -> list[str]:
@@ -175,7 +186,10 @@ def fetch_url(url: str, policy: FetchPolicy | None = None, deadline: float | Non
     policy = policy or FetchPolicy()
     deadline = deadline if deadline is not None else time.monotonic() + policy.timeout
     for _ in range(policy.max_redirects + 1):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise FetchError("malformed URL") from None
         if parts.scheme not in ("http", "https"):
             raise FetchError(f"URL scheme {parts.scheme!r} is not allowed (http and https only)")
         if not parts.hostname:
@@ -199,6 +213,8 @@ def fetch_url(url: str, policy: FetchPolicy | None = None, deadline: float | Non
             if watchdog.fired:
                 raise TimeoutError
         except FetchError:
+            if watchdog.fired:
+                raise FetchError(f"timed out after {policy.timeout:g} s") from None
             raise
         except (OSError, http.client.HTTPException, ValueError) as e:
             if watchdog.fired or isinstance(e, TimeoutError):
@@ -210,13 +226,16 @@ def fetch_url(url: str, policy: FetchPolicy | None = None, deadline: float | Non
             conn.close()
         if isinstance(result, bytes):
             return result
-        url = urljoin(url, result)
+        try:
+            url = urljoin(url, result)
+        except ValueError:
+            raise FetchError("malformed redirect Location") from None
     raise FetchError(f"more than {policy.max_redirects} redirects")
 
 
 def _get(conn: http.client.HTTPConnection, parts, policy: FetchPolicy, deadline: float) -> bytes | str:
     """One hop: the body (bytes) or the redirect's Location (str)."""
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path = quote(parts.path or "/", safe=URL_SAFE) + (f"?{quote(parts.query, safe=URL_SAFE)}" if parts.query else "")
     conn.request("GET", path, headers={"User-Agent": policy.user_agent, "Accept": "image/*"})
     resp = conn.getresponse()
     if resp.status in REDIRECTS:

@@ -42,14 +42,17 @@ class PixelBudget:
     """Pixels being decoded at once, across threads: a decode waits until its image fits the budget (an
     image larger than the whole budget runs alone). Bounds the memory of concurrent large decodes."""
 
-    def __init__(self, total: int):
-        self.total, self.in_use = total, 0
+    def __init__(self, total: int, timeout: float = 30.0):
+        self.total, self.in_use, self.timeout = total, 0, timeout
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
+        """Raises ImageError when the image does not get its turn within `timeout` seconds."""
         with self._cond:
-            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.total)
+            fits = self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.total, self.timeout)
+            if not fits:
+                raise ImageError(f"server busy decoding large images ({pixels:,} pixels waited {self.timeout:g} s)")
             self.in_use += pixels
         try:
             yield

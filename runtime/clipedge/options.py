@@ -72,6 +72,7 @@ class LoadOptions:
             allow_private=self.allow_private_urls,
             allow_link_local=self.allow_link_local_urls,
             timeout=self.fetch_timeout,
+            hide_addresses=untrusted,
         )
         return DecodePolicy(max_pixels=self.max_pixels, fetch=fetch, allow_paths=not untrusted)
 

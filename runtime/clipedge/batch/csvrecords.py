@@ -12,12 +12,14 @@ than the cap, becomes a Record with an error naming its line; the next row is re
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 ROW_CAP = 32 * 1024 * 1024  # bytes in one row (image cell and the rest)
 BLOCK = 1 << 20
+FIELD_END = re.compile(rb"[,\n]")
 START, FIELD, QUOTED, QUOTE = 0, 1, 2, 3
 
 
@@ -105,13 +107,13 @@ def iter_records(f: BinaryIO, cap: int = ROW_CAP) -> Iterator[Record]:
                 else:
                     state = FIELD
             elif state == FIELD:
-                comma, nl = block.find(b",", pos), block.find(b"\n", pos)
-                if nl >= 0 and (comma < 0 or nl < comma):
-                    end = nl
-                elif comma >= 0:
-                    state, pos = START, comma + 1
-                else:
+                m = FIELD_END.search(block, pos)  # one scan to whichever comes first
+                if m is None:
                     pos = n
+                elif block[m.start()] == 0x0A:
+                    end = m.start()
+                else:
+                    state, pos = START, m.start() + 1
             elif state == QUOTED:
                 q = block.find(b'"', pos)
                 if q < 0:

@@ -19,7 +19,6 @@ the file is renamed into place when the run ends, Ctrl-C included; a hard kill l
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -103,26 +102,38 @@ def done_ids(path: Path, layout: str = "native") -> set[str]:
     _trim_partial_line(path)
     ids: set[str] = set()
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            if suffix == ".jsonl":
+        if suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
                 for n, line in enumerate(f, start=1):
                     if line.strip():
                         ids.add(_jsonl_id(line, path, n))
-            elif layout == "azure":
-                for n, row in enumerate(csv.reader(f), start=1):
-                    if len(row) != len(AZURE_FIELDS):
-                        raise OutputError(f"{path}: line {n} is not an Azure prediction row; cannot resume it")
-                    ids.add(f"{row[3]}:{row[0]}")
-            else:
-                reader = csv.DictReader(f)
-                if reader.fieldnames and "id" not in reader.fieldnames:
-                    raise OutputError(f"{path}: has no id column; not a clipedge output, cannot resume it")
-                ids = {row["id"] for row in reader}
+        elif layout == "azure":
+            for line, row in _csv_records(path):
+                if len(row) != len(AZURE_FIELDS):
+                    raise OutputError(f"{path}: line {line} is not an Azure prediction row; cannot resume it")
+                ids.add(f"{row[3]}:{row[0]}")
+        else:
+            records = _csv_records(path)
+            _, header = next(records, (0, []))
+            if "id" not in header:
+                raise OutputError(f"{path}: has no id column; not a clipedge output, cannot resume it")
+            at = header.index("id")
+            ids = {row[at] for _, row in records if len(row) > at}
     except UnicodeDecodeError:
         raise OutputError(f"{path}: is not UTF-8 text; not a clipedge output, cannot resume it") from None
-    except csv.Error as e:
-        raise OutputError(f"{path}: cannot read the existing output to resume ({e})") from None
     return ids
+
+
+def _csv_records(path: Path):
+    """(line, fields) of a CSV output, with no field-size limit (a row of many labels is long)."""
+    from .csvrecords import iter_records
+
+    with open(path, "rb") as f:
+        for rec in iter_records(f):
+            if rec.fields is None:
+                raise OutputError(f"{path}: {rec.error}; cannot read the existing output to resume")
+            if rec.fields:
+                yield rec.line, rec.fields
 
 
 def _jsonl_id(line: str, path: Path, n: int) -> str:
@@ -164,13 +175,15 @@ def output_labels(path: Path) -> list[str] | None:
             rows = pq.ParquetFile(path).iter_batches(batch_size=1, columns=["labels"])
             batch = next(rows, None)
             return batch.to_pylist()[0]["labels"] if batch is not None and batch.num_rows else None
-        with open(path, newline="", encoding="utf-8") as f:
-            if path.suffix.lower() == ".jsonl":
+        if path.suffix.lower() == ".jsonl":
+            with open(path, encoding="utf-8") as f:
                 line = f.readline()
-                return json.loads(line)["labels"] if line.endswith("\n") else None
-            row = next(csv.DictReader(f), None)
-            return json.loads(row["labels"]) if row else None
-    except (OSError, ValueError, KeyError, TypeError):
+            return json.loads(line)["labels"] if line.endswith("\n") else None
+        records = _csv_records(path)
+        _, header = next(records)
+        _, first = next(records)
+        return json.loads(dict(zip(header, first, strict=False))["labels"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return None
 
 
@@ -294,7 +307,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if suffix == ".jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     rows = []
-    for r in csv.DictReader(io.StringIO(text)):
+    records = _csv_records(path)
+    _, header = next(records, (0, []))
+    for _, fields in records:
+        r = dict(zip(header, fields, strict=False))
         r["labels"], r["probs"] = json.loads(r["labels"]), json.loads(r["probs"])
         r["top_score"] = float(r["top_score"]) if r["top_score"] else None
         r["top_label"] = r["top_label"] or None

@@ -186,9 +186,9 @@ def _as_row(rec: Record, names: list[str]) -> dict | str:
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line, row dict or error) for each non-blank line of a JSON-lines file."""
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if len(raw) > ROW_CAP:
-                yield n, f"line {n}: row of {len(raw):,} bytes exceeds the limit of {ROW_CAP:,} bytes"
+        for n, raw in enumerate(_capped_lines(f, ROW_CAP), start=1):
+            if raw is None:
+                yield n, f"line {n}: row exceeds the limit of {ROW_CAP:,} bytes"
                 continue
             if not raw.strip():
                 continue
@@ -206,6 +206,20 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
                 yield n, f"line {n}: cannot be read ({type(e).__name__})"
                 continue
             yield n, row if isinstance(row, dict) else f"line {n}: not a JSON object"
+
+
+def _capped_lines(f, cap: int) -> Iterator[bytes | None]:
+    """Lines of a binary file; None for a line over `cap` bytes, which is skipped in chunks (never held)."""
+    while True:
+        line = f.readline(cap + 1)
+        if not line:
+            return
+        if len(line) > cap and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield line
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict | str]]:
@@ -231,8 +245,8 @@ def table_rows(path: Path) -> Iterator[tuple[str, dict | str]]:
 def _table_items(path: Path, image_column: str, id_column: str | None) -> Iterator[Item]:
     base = path.parent
     for n, (where, row) in enumerate(table_rows(path)):
-        if isinstance(row, str):
-            yield Item(str(n), "", row=n, error=f"{path.name} {row}")
+        if isinstance(row, str):  # an id of its own, which no --id-column value can take
+            yield Item(str(n) if not id_column else f"{where} (unreadable)", "", row=n, error=f"{path.name} {row}")
             continue
         ident = str(row.get(id_column)) if id_column and row.get(id_column) is not None else str(n)
         value = row.get(image_column)

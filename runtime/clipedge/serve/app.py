@@ -42,7 +42,7 @@ from .contract import (
 )
 from .errors import ApiError, error_body
 from .guard import BodyTooLarge, Guard, SlowBody
-from .state import ServeConfig, State, run_inference
+from .state import ServeConfig, State, run_inference, text_work
 
 log = logging.getLogger("clipedge.serve")
 router = APIRouter()
@@ -163,7 +163,7 @@ async def embed_text(request: Request) -> JSONResponse:
     texts = _json_list(await read_json(request), "texts", limits.max_labels)
     check_labels(texts, limits, what="text")
     clf, _, _ = state.require_ready()
-    emb = await asyncio.get_running_loop().run_in_executor(state.text_pool, clf.embed_texts, texts)
+    emb = await unless_gone(request, text_work(state, clf.embed_texts, texts))
     return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})
 
 
@@ -247,6 +247,8 @@ async def on_http(request: Request, e: StarletteHTTPException) -> JSONResponse:
 
 async def on_queue_full(request: Request, e: QueueFull) -> JSONResponse:
     headers = {"Retry-After": str(e.retry_after)}
+    if not hasattr(request, "_body") and request.method == "POST":
+        headers["Connection"] = "close"  # refused before its body was read: never drain a body for nothing
     return _reply(request, 503, "queue_full", f"server busy: {e}; retry shortly", headers=headers)
 
 

@@ -37,18 +37,29 @@ class QueueFull(Exception):
 
 
 class Admission:
-    """Images admitted and not yet finished, against a time budget at the measured rate."""
+    """Images admitted and not yet finished, against a time budget at the measured cost per image.
 
-    def __init__(self, max_queue_ms: float, max_images: int, rate: float, smoothing: float = 0.3):
+    The cost is what the server spends, not what a request waits for: the tower's seconds per image (from
+    its batches) plus decoding's seconds per image spread over the cores (from the decode pool). Time spent
+    waiting on remote URLs is not work and does not lower the rate (a slow remote must not make the server
+    refuse everyone else).
+    """
+
+    def __init__(self, max_queue_ms: float, max_images: int, rate: float, cores: int = 1, smoothing: float = 0.3):
         self.max_queue_s = max_queue_ms / 1000
         self.max_images = max_images
-        self.rate = max(rate, 1e-3)  # images per second
+        self.tower_s = 1.0 / max(rate, 1e-3)  # seconds per image in the tower
+        self.decode_s = 0.0  # CPU seconds per image decoding
+        self.cores = max(1, cores)
         self.smoothing = smoothing
         self.in_flight = 0
-        self.reading = 0  # requests admitted to read their body, not yet counted
+        self.reading = 0  # requests reading their body, size not known yet
         self.per_request = 1.0  # images per request, an exponential average
-        self._busy_since: float | None = None
-        self._last_done: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Images per second the server can finish."""
+        return 1.0 / (self.tower_s + self.decode_s / self.cores)
 
     def wait_s(self, n: int = 0) -> float:
         """Estimated seconds until `n` more images would be done (bodies being read count too)."""
@@ -56,8 +67,8 @@ class Admission:
 
     def check(self, n: int = 0) -> None:
         """Raises QueueFull when `n` more images (0: a request whose size is not known yet) cannot be
-        admitted now."""
-        if self.in_flight == 0 and self.reading == 0:
+        admitted now. Nothing in flight: always admitted (bodies being read alone never refuse)."""
+        if self.in_flight == 0:
             return
         if self.in_flight + n > self.max_images:
             raise QueueFull(f"{self.in_flight} images in progress; the queue holds {self.max_images}")
@@ -82,22 +93,21 @@ class Admission:
     def admit(self, n: int) -> None:
         self.per_request = 0.8 * self.per_request + 0.2 * n  # refused or not, this is what requests weigh
         self.check(n)
-        if self.in_flight == 0:
-            self._busy_since = time.monotonic()
         self.in_flight += n
 
     def release(self, n: int) -> None:
         self.in_flight = max(0, self.in_flight - n)
 
-    def observe(self, images: int) -> None:
-        """A batch of `images` finished: update the rate from the time since the last finish (or since the
-        server became busy)."""
-        now = time.monotonic()
-        since = max(t for t in (self._last_done, self._busy_since, now - 60.0) if t is not None)
-        self._last_done = now
-        if images and now > since:
-            sample = images / (now - since)
-            self.rate = (1 - self.smoothing) * self.rate + self.smoothing * sample
+    def observe(self, images: int, seconds: float | None = None) -> None:
+        """A tower batch of `images` took `seconds`."""
+        if images and seconds:
+            a = self.smoothing
+            self.tower_s = (1 - a) * self.tower_s + a * seconds / images
+
+    def observe_decode(self, seconds: float) -> None:
+        """One image took `seconds` to decode and preprocess (after any fetch)."""
+        a = self.smoothing / 4
+        self.decode_s = (1 - a) * self.decode_s + a * seconds
 
 
 class DynamicBatcher:
@@ -107,7 +117,7 @@ class DynamicBatcher:
         executor: Executor,
         max_batch: int = 32,
         max_wait: float = 0.0,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ):
         self.fn, self.executor = fn, executor
         self.max_batch, self.max_wait = max_batch, max_wait
@@ -170,6 +180,7 @@ class DynamicBatcher:
                 if not batch:
                     continue
                 pixels = np.concatenate([p for p, _ in batch]) if len(batch) > 1 else batch[0][0]
+                started = time.perf_counter()
                 try:
                     emb = await loop.run_in_executor(self.executor, self.fn, pixels)
                 except Exception as e:  # hand the failure to every waiting request
@@ -178,7 +189,7 @@ class DynamicBatcher:
                             fut.set_exception(e)
                     continue
                 if self.on_batch:
-                    self.on_batch(size)
+                    self.on_batch(size, time.perf_counter() - started)
                 start = 0
                 for p, fut in batch:
                     if not fut.done():

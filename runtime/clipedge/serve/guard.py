@@ -90,7 +90,8 @@ class Exchange:
                 self.refused = 413
                 raise BodyTooLarge
             elapsed = time.monotonic() - self.began
-            if not self.body_done and elapsed > g.timeout and self.received / elapsed < g.min_rate:
+            too_slow = elapsed > g.timeout and self.received / elapsed < g.min_rate
+            if not self.body_done and (too_slow or elapsed > g.max_seconds):
                 self.refused = 408
                 raise SlowBody
         return message
@@ -109,6 +110,7 @@ class Guard:
         config = state.config
         self.app, self.clipedge, self.api_key = app, state, config.api_key
         self.max_body, self.timeout, self.min_rate = config.max_body_bytes, config.client_timeout, config.min_body_rate
+        self.max_seconds = config.max_body_seconds
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -125,16 +127,18 @@ class Guard:
 
     async def _handle(self, x: Exchange) -> None:
         if self.api_key and not self._open(x.path, x.scope) and not self._authorised(x.headers):
-            await x.reply(401, "unauthorized", "missing or wrong API key", {"www-authenticate": "Bearer"})
+            # connection: close on every reply before the body is read: the body is never drained for nothing
+            extra = {"www-authenticate": "Bearer", "connection": "close"}
+            await x.reply(401, "unauthorized", "missing or wrong API key", extra)
             return
         length = x.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body:
-            await x.reply(413, "body_too_large", self._too_large())
+            await x.reply(413, "body_too_large", self._too_large(), {"connection": "close"})
             return
         with contextlib.suppress(BodyTooLarge, SlowBody):
             await self.app(x.scope, x.receive, x.send)
         if x.refused == 413 and not x.started:
-            await x.reply(413, "body_too_large", self._too_large())
+            await x.reply(413, "body_too_large", self._too_large(), {"connection": "close"})
         elif x.refused == 408 and not x.started:
             gap, rate = f"{self.timeout:g} s", f"{self.min_rate:,.0f} bytes/s"
             message = f"request body arrived too slowly (a gap over {gap}, or under {rate})"

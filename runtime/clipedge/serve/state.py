@@ -26,12 +26,13 @@ from ..images import ImageError, PixelBudget, safe_url
 from ..labels import LabelEmbeddings, LabelError
 from ..options import LoadOptions
 from ..templates import TemplateError
-from .batcher import Admission, DynamicBatcher
+from .batcher import Admission, DynamicBatcher, QueueFull
 from .contract import Limits
 from .errors import ApiError
 from .metrics import Metrics
 
 log = logging.getLogger("clipedge.serve")
+FETCHES_PER_REQUEST = 8
 IMAGE_ERROR = "The provided image string cannot be decoded. Expected format is base64 string or url string"
 
 
@@ -54,6 +55,8 @@ class ServeConfig:
     template: str | None = None
     client_timeout: float = 10.0  # headers, and each gap in a body, must arrive within this
     min_body_rate: float = 4096  # bytes/s a body must average after client_timeout seconds
+    max_body_seconds: float = 120.0  # a body must be complete within this, however steadily it arrives
+    max_text_jobs: int = 16  # label / text embedding jobs waiting for the text tower
 
     def __post_init__(self) -> None:
         positive = {
@@ -66,6 +69,8 @@ class ServeConfig:
             "pixel_budget": self.pixel_budget,
             "client_timeout": self.client_timeout,
             "min_body_rate": self.min_body_rate,
+            "max_body_seconds": self.max_body_seconds,
+            "max_text_jobs": self.max_text_jobs,
             **{f"limits.{k}": v for k, v in vars(self.limits).items()},
         }
         bad = [k for k, v in positive.items() if not (v > 0 and v != float("inf"))]
@@ -93,6 +98,7 @@ class State:
         self.draining = False
         self.load_error: str | None = None
         self.on_load_failed: Any = None  # set by the runner: stops the server
+        self.text_pending = 0
 
         def pool(n: int, name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
@@ -125,12 +131,12 @@ class State:
     def start_batcher(self, rate: float) -> None:
         assert self.clf is not None
         c, clf = self.config, self.clf
-        self.admission = Admission(c.max_queue_ms, c.max_queue, rate)
+        self.admission = Admission(c.max_queue_ms, c.max_queue, rate, cores=min(c.decode_workers, os.cpu_count() or 1))
         admission = self.admission
 
-        def on_batch(size: int) -> None:
+        def on_batch(size: int, seconds: float) -> None:
             self.metrics.batch_size.observe(size)
-            admission.observe(size)
+            admission.observe(size, seconds)
 
         self.batcher = DynamicBatcher(
             lambda px: clf.embed(px, batch_size=c.max_batch),
@@ -162,40 +168,62 @@ async def run_inference(state: State, images: list[Any], labels: list[str] | Non
         ApiError: not ready, overloaded (503), a bad image, label or template (400, naming the row).
     """
     clf, batcher, _ = state.require_ready()
-    loop = asyncio.get_running_loop()
     label_task = None
     if labels is not None:
-        label_task = loop.run_in_executor(state.text_pool, clf.labels, labels, template or state.config.template)
+        label_task = asyncio.ensure_future(text_work(state, clf.labels, labels, template or state.config.template))
     try:
         pixels = await _prepare_all(state, clf, images)
-    except BaseException:
-        if label_task is not None:
-            label_task.cancel()
-        raise
-    emb = await batcher.submit(pixels)
-    state.metrics.images.inc(len(pixels))
-    if label_task is None:
-        return None, emb
-    try:
+        emb = await batcher.submit(pixels)
+        state.metrics.images.inc(len(pixels))
+        if label_task is None:
+            return None, emb
         label_emb: LabelEmbeddings = await label_task
     except (LabelError, TemplateError) as e:
         raise ApiError(400, "invalid_labels" if isinstance(e, LabelError) else "invalid_template", str(e)) from None
+    finally:
+        if label_task is not None and not label_task.done():
+            label_task.cancel()
     return label_emb, clf.score(emb, label_emb)
+
+
+async def text_work(state: State, fn: Any, *args: Any) -> Any:
+    """Run `fn` on the text tower's thread, refusing (503) when too many text jobs already wait: label
+    work is not counted in images, so it has a queue bound of its own."""
+    if state.text_pending >= state.config.max_text_jobs:
+        raise QueueFull(f"{state.text_pending} text-tower jobs waiting; retry shortly")
+    state.text_pending += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(state.text_pool, fn, *args)
+    finally:
+        state.text_pending -= 1
 
 
 async def _prepare_all(state: State, clf: ZeroShotClassifier, sources: list[Any]) -> np.ndarray:
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + state.policy.fetch.timeout  # one deadline for every URL of the request
+    fetches = asyncio.Semaphore(FETCHES_PER_REQUEST)  # one request cannot take every fetch thread
+    admission = state.admission
+
+    def prepare(src: Any, name: str | None) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return clf.prepare(src, state.policy, name)
+        finally:
+            if admission is not None:
+                admission.observe_decode(time.perf_counter() - t0)
 
     async def one(src: Any) -> np.ndarray:
         name = None
         if is_url(src):
             name = safe_url(src)
-            try:
-                src = await loop.run_in_executor(state.fetch_pool, fetch_url, src.strip(), state.policy.fetch, deadline)
-            except FetchError as e:
-                raise ImageError(f"{name}: {e}") from None
-        return await loop.run_in_executor(state.decode_pool, clf.prepare, src, state.policy, name)
+            async with fetches:
+                try:
+                    src = await loop.run_in_executor(
+                        state.fetch_pool, fetch_url, src.strip(), state.policy.fetch, deadline
+                    )
+                except FetchError as e:
+                    raise ImageError(f"{name}: {e}") from None
+        return await loop.run_in_executor(state.decode_pool, prepare, src, name)
 
     tasks = [asyncio.ensure_future(one(s)) for s in sources]
     try:
