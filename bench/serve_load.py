@@ -107,7 +107,8 @@ async def client(
                 writer.close()
                 reader = writer = None
             if status != 200 and (backoff or retry):
-                writer.close()  # a new connection after the pause, as clients do after a long backoff
+                if writer is not None:  # a new connection after the pause, as clients do after a long backoff
+                    writer.close()
                 reader = writer = None
                 await asyncio.sleep(max(backoff, retry))  # as clients that honour Retry-After do
     finally:
