@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,8 +65,23 @@ def test_admission_learns_the_cost_of_work_not_of_waiting():
         a.observe_decode(0.1)  # decoding costs 0.1 CPU-s per image, over 2 cores
     assert 6.0 < a.rate < 7.0  # 1 / (0.1 + 0.05)
     # time spent waiting on a slow remote is never observed: it does not lower the rate
-    a.reading = 50
-    a.check(500)  # nothing in flight: admitted, whatever is still being read
+    a.check(500)  # nothing in flight: admitted however large
+
+
+def test_a_burst_at_an_idle_server_is_refused_before_its_bodies_are_read(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("clipedge.serve.batcher.time.monotonic", lambda: clock[0])
+    a = Admission(max_queue_ms=1000, max_images=1000, rate=50.0)
+    for _ in range(30):
+        a.per_request = 0.8 * a.per_request + 0.2 * 64  # requests have been weighing 64 images
+    with contextlib.ExitStack() as reading:
+        reading.enter_context(a.reading_body())  # the first body of a burst: read
+        with pytest.raises(QueueFull, match="ms of work queued"):
+            reading.enter_context(a.reading_body())  # the rest: refused before their bodies (64 images ~ 1.3 s)
+        clock[0] += 1.5  # that body is still arriving after the whole budget: a slow client, no longer counted
+        reading.enter_context(a.reading_body())
+        assert a.reading == 1
+    assert a.reading == 0
 
 
 def test_cancelled_requests_are_dropped_and_errors_reach_every_request():

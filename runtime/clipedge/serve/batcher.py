@@ -53,7 +53,8 @@ class Admission:
         self.cores = max(1, cores)
         self.smoothing = smoothing
         self.in_flight = 0
-        self.reading = 0  # requests reading their body, size not known yet
+        self._reading: dict[int, float] = {}  # requests reading their body (size not known yet): their start
+        self._next_reader = 0
         self.per_request = 1.0  # images per request, an exponential average
 
     @property
@@ -61,14 +62,23 @@ class Admission:
         """Images per second the server can finish."""
         return 1.0 / (self.tower_s + self.decode_s / self.cores)
 
+    @property
+    def reading(self) -> int:
+        """Bodies being read that count as coming work: those that began within the time budget (a body
+        still arriving after that is a slow client's, and must not make the server refuse everyone else)."""
+        since = time.monotonic() - self.max_queue_s
+        return sum(1 for t in self._reading.values() if t >= since)
+
     def wait_s(self, n: int = 0) -> float:
         """Estimated seconds until `n` more images would be done (bodies being read count too)."""
         return (self.in_flight + self.reading * self.per_request + n) / self.rate
 
     def check(self, n: int = 0) -> None:
         """Raises QueueFull when `n` more images (0: a request whose size is not known yet) cannot be
-        admitted now. Nothing in flight: always admitted (bodies being read alone never refuse)."""
-        if self.in_flight == 0:
+        admitted now. Nothing in flight and no body being read: always admitted. A burst arriving at an
+        idle server is judged at once by its bodies' expected size, so most of it is refused before
+        being read instead of after."""
+        if self.in_flight == 0 and (n or not self._reading):
             return
         if self.in_flight + n > self.max_images:
             raise QueueFull(f"{self.in_flight} images in progress; the queue holds {self.max_images}")
@@ -84,11 +94,12 @@ class Admission:
     def reading_body(self):
         """While a request's body is read and parsed (its size is not known yet)."""
         self.check()
-        self.reading += 1
+        key, self._next_reader = self._next_reader, self._next_reader + 1
+        self._reading[key] = time.monotonic()
         try:
             yield
         finally:
-            self.reading -= 1
+            del self._reading[key]
 
     def admit(self, n: int) -> None:
         self.per_request = 0.8 * self.per_request + 0.2 * n  # refused or not, this is what requests weigh
