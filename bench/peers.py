@@ -320,13 +320,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
+    from clipedge.benchmark import cpu_model  # here, not at import: the contenders' processes stay lean
+
+    return cpu_model()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import importlib.util
-import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -136,45 +133,12 @@ def plan(
 def run_worker(args: Sequence[str], timeout: float = 1800) -> tuple[dict[str, Any], float]:
     """Run `python -m bench.worker ARGS`; (its result, seconds from spawn to the result line).
 
-    stderr goes to a file, not a pipe (a chatty child cannot fill a pipe nobody reads); stdout is read
-    in a thread so that a worker stuck past `timeout` is killed instead of stalling the run."""
-    import tempfile
-    import threading
+    `clipedge.benchmark.run_worker` does the work: stderr to a file, stdout read in a thread, a worker stuck
+    past `timeout` killed; a failure raises RuntimeError with the last line of the worker's stderr."""
+    from clipedge.benchmark import run_worker as run
 
-    t0 = time.perf_counter()
-    found: dict[str, Any] = {}
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
-        )
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("RESULT "):
-                    found["seen"] = time.perf_counter() - t0
-                    found["result"] = json.loads(line[len("RESULT ") :])
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"worker killed after {timeout:.0f} s") from None
-        finally:
-            reader.join(timeout=10)
-        if proc.returncode != 0 or "result" not in found:
-            err.seek(0)
-            tail = err.read().strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-            raise RuntimeError(tail[0])
-    return found["result"], found["seen"]
+    result, seen = run([sys.executable, "-m", "bench.worker", *args], timeout, cwd=ROOT)["RESULT"]
+    return result, seen
 
 
 def measure(v: Variant, m: Model, opts: dict[str, Any], image: Path, log: Callable[[str], None]) -> None:
@@ -247,19 +211,11 @@ def bundle_summary(bundle: Path) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model and the instruction-set flags that decide the kernels; versions of what ran."""
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version()}
-    info["cpus"] = os.cpu_count()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        info["cpu"] = fields.get("model name", platform.processor())
-        flags = set(fields.get("flags", "").split())
-        wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-        info["cpu_flags"] = [f for f in wanted if f in flags]
-    except OSError:
-        info["cpu"] = platform.processor()
+    """CPU model and the instruction-set flags that decide the kernels (`clipedge.benchmark.machine`);
+    versions of what ran."""
+    from clipedge.benchmark import machine as cpu_and_platform
+
+    info = cpu_and_platform()
     versions = {}
     for pkg in VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):

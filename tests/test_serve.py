@@ -183,8 +183,9 @@ def test_native_routes(server):
     assert r.status_code == 200 and len(r.json()["embeddings"]) == 2
     r = post(server, {"texts": "not a list"}, "/embed/text")
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
-    r = httpx.post(server.url + "/classify", files=files, timeout=30)  # no labels field
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
+    r = httpx.post(server.url + "/classify", files=files, timeout=30)  # no labels field, and no fixed labels
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_labels"
+    assert r.json()["message"].startswith("no labels given")
     assert httpx.get(server.url + "/docs").status_code == 200
     assert "/score" in httpx.get(server.url + "/openapi.json").json()["paths"]
     assert httpx.get(server.url + "/nope").json()["error"]["code"] == "http_error"

@@ -58,6 +58,7 @@ def test_wheel_carries_every_package_and_its_data(wheel):
     }
     assert expected <= packaged, expected - packaged
     assert "clipedge_export/data/bpe_simple_vocab_16e6.txt.gz" in names
+    assert "clipedge/serve/ui.html" in names  # the try-it page (GET /ui) is package data
     assert not any(n.startswith(("tests/", "bench/", "models/")) for n in names)  # no model ships in the wheel
 
 
@@ -120,6 +121,11 @@ def test_installed_wheel_classifies_serves_batches_and_evaluates(wheel, tmp_path
         shutil.copy(p, work / "ds" / name / "a.png")
     report = json.loads(clipedge("eval", "ds", "-m", str(bundle), "--json").stdout)
     assert report["top1_accuracy"]["int8"] == 1.0
+
+    bench = clipedge("bench", "-m", str(bundle), "--quick", "--batch-sizes", "1", "--json", "bench.json")
+    timed = json.loads((work / "bench.json").read_text())
+    assert {r["precision"] for r in timed["rows"]} == {"fp32", "int8", "int8-static"}  # ONNX Runtime, CPU
+    assert timed["torch_imported"] is False and "| onnxruntime cpu int8 (default) | classify |" in bench.stdout
 
     port = free_port()
     server = subprocess.Popen(

@@ -93,7 +93,7 @@ class Variant:
     """One precision: its two tower files, how it was made, and the parity figures measured at export."""
 
     vision: FileEntry
-    text: FileEntry
+    text: FileEntry | None = None  # None only in an edge pack (clipedge.pack): vision tower only
     recipe: dict[str, Any] = field(default_factory=dict)
     fusions: dict[str, Any] = field(default_factory=dict)
     validated_on: tuple[str, ...] = ()
@@ -196,7 +196,12 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    bundle_hash: str
+    bundle_hash: str  # for an edge pack: its source bundle's (label embeddings made with that bundle fit it)
+    pack: Any = None  # an edge pack's clipedge.pack.PackInfo (vision tower only, fixed labels); None for a bundle
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.pack is None
 
     def variant(self, precision: str) -> Variant:
         if precision not in self.manifest.precisions:
@@ -214,10 +219,10 @@ class Bundle:
             BundleError: a file is missing, or its size or sha256 differs from the manifest.
         """
         m = self.manifest
-        entries = [FileEntry(m.tokenizer.file, m.tokenizer.sha256, -1)]
+        entries = [FileEntry(m.tokenizer.file, m.tokenizer.sha256, -1)] if self.pack is None else [self.pack.labels]
         for name in [precision] if precision else list(m.precisions):
             v = self.variant(name)
-            entries += [v.vision, v.text]
+            entries += [v.vision] if v.text is None else [v.vision, v.text]
         for e in entries:
             path = self.path / e.file
             if not path.is_file():
@@ -252,6 +257,10 @@ def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such bundle folder")
     if not mpath.is_file():
+        from .pack import PACK_MANIFEST, load_pack
+
+        if (folder / PACK_MANIFEST).is_file():
+            return load_pack(folder, verify)
         raise BundleError(f"{folder}: not a clipedge bundle (no {MANIFEST})")
     raw = mpath.read_bytes()
     try:
@@ -259,6 +268,9 @@ def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
     except json.JSONDecodeError as e:
         raise BundleError(f"{mpath}: not valid JSON ({e})") from None
     bundle = Bundle(folder, Manifest.from_dict(data), hashlib.sha256(raw).hexdigest())
+    for name, variant in bundle.manifest.precisions.items():
+        if variant.text is None:
+            raise BundleError(f"{mpath}: missing key 'precisions.{name}.text'")
     if verify:
         bundle.verify(verify if isinstance(verify, str) else None)
     return bundle

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from .images import DecodePolicy, ImageError, ImageInput, decode_image, is_http_
 from .labels import (
     LabelCache,
     LabelEmbeddings,
+    LabelError,
     LabelFileError,
     check_compatible,
     check_labels,
@@ -80,9 +81,10 @@ class ZeroShotClassifier:
 
     bundle: Bundle
     encoder: ClipEncoder
-    tokenizer: ClipTokenizer
+    tokenizer: ClipTokenizer | None
     decode_policy: DecodePolicy
     cache: LabelCache
+    _packed_labels: LabelEmbeddings | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -103,7 +105,7 @@ class ZeroShotClassifier:
         """Load a bundle folder.
 
         Args:
-            path: the bundle folder.
+            path: the bundle folder, or an edge pack's (`clipedge.pack`: fixed labels, no text tower).
             precision: "auto", "fp32", "int8", "fp16", "int8-static" or "fp32-unfused"; auto follows
                 `clipedge.selection`'s ranking for the engine and provider really in effect.
             provider: "auto", "cpu", "cuda", "tensorrt" or an ONNX Runtime provider list.
@@ -138,7 +140,9 @@ class ZeroShotClassifier:
         encoder = ClipEncoder(
             bundle, precision, provider, threads, strict, thread_pool, verify, batch_independent, engine
         )
-        tokenizer = ClipTokenizer(bundle.path / bundle.manifest.tokenizer.file, bundle.manifest.tokenizer)
+        tokenizer = None  # an edge pack has no tokenizer (nor text tower): its labels are fixed
+        if bundle.pack is None:
+            tokenizer = ClipTokenizer(bundle.path / bundle.manifest.tokenizer.file, bundle.manifest.tokenizer)
         return cls(bundle, encoder, tokenizer, decode_policy, LabelCache(cache_size))
 
     @property
@@ -217,7 +221,15 @@ class ZeroShotClassifier:
         return self.embed(stacked, batch_size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit text embeddings float32 [N, D] (no template applied)."""
+        """Unit text embeddings float32 [N, D] (no template applied).
+
+        Raises:
+            NoTextTowerError: an edge pack (no text tower).
+        """
+        if self.tokenizer is None:
+            from .pack import no_text_tower
+
+            raise no_text_tower(self.bundle, "text embeddings")
         return embed_label_texts(list(texts), ["{}"], self.tokenizer.encode, self.encoder.embed_token_ids)
 
     # -- labels ---------------------------------------------------------------------------------------
@@ -230,6 +242,8 @@ class ZeroShotClassifier:
             TemplateError: a template that breaks the template rule.
         """
         labels = check_labels(labels)
+        if self.bundle.pack is not None:
+            return self._packed(labels, templates)
         tpl = resolve_templates(templates if templates is None or isinstance(templates, str) else list(templates))
         key = (self.bundle.bundle_hash, self.precision, templates_key(tpl))
         found = {label: self.cache.get((*key, label)) for label in dict.fromkeys(labels)}
@@ -242,8 +256,37 @@ class ZeroShotClassifier:
         matrix = np.stack([found[label] for label in labels])
         return LabelEmbeddings(tuple(labels), tpl, matrix, self.bundle.bundle_hash, self.precision)
 
+    @property
+    def packed_labels(self) -> LabelEmbeddings | None:
+        """An edge pack's fixed labels (with thresholds when calibrated); None for a full bundle."""
+        if self.bundle.pack is None:
+            return None
+        if self._packed_labels is None:
+            from .pack import pack_labels
+
+            self._packed_labels = pack_labels(self.bundle)
+        return self._packed_labels
+
+    def _packed(self, labels: Sequence[str], templates: str | Sequence[str] | None) -> LabelEmbeddings:
+        packed = self.packed_labels
+        assert packed is not None
+        if templates is not None:
+            tpl = resolve_templates(templates if isinstance(templates, str) else list(templates))
+            if tuple(tpl) != tuple(packed.templates):
+                from .pack import no_text_tower
+
+                raise no_text_tower(self.bundle, f"templates other than the pack's ({packed.templates[0]!r}, ...)")
+        try:
+            return packed.subset(labels)  # softmax then runs over this subset
+        except LabelError as e:
+            from .pack import NoTextTowerError
+
+            raise NoTextTowerError(
+                f"{e}: this model is an edge pack (no text tower), new labels need the full bundle it was made from"
+            ) from None
+
     def labels(
-        self, labels: Sequence[str] | LabelEmbeddings, templates: str | Sequence[str] | None = None
+        self, labels: Sequence[str] | LabelEmbeddings | None, templates: str | Sequence[str] | None = None
     ) -> LabelEmbeddings:
         """The one way label embeddings enter classification: label texts are embedded (cached), ready
         embeddings pass `clipedge.labels.check_compatible` (same source bundle and embedding size; another
@@ -253,6 +296,10 @@ class ZeroShotClassifier:
             LabelError, TemplateError: bad label texts or templates.
             LabelFileError: embeddings made with another bundle or of another size.
         """
+        if labels is None:
+            if self.packed_labels is None:
+                raise LabelError("no labels given (only an edge pack has labels of its own)")
+            return self.packed_labels
         if isinstance(labels, LabelEmbeddings):
             dim = self.bundle.manifest.architecture.embed_dim
             check_compatible(labels, self.bundle.bundle_hash, dim, self.precision)
@@ -278,13 +325,31 @@ class ZeroShotClassifier:
 
     scores = score  # clipedge 0.1 name
 
+    def score_multi(self, image_embeddings: np.ndarray, labels: LabelEmbeddings) -> np.ndarray:
+        """Multi-label scores float32 [N, L], each label on its own: sigmoid(logit_scale x (cosine - the
+        label's calibrated threshold)). 0.5 is the threshold: a label is present at 0.5 or above, and an
+        image may have none (see `clipedge.calibrate`).
+
+        Raises:
+            LabelError: the label embeddings carry no thresholds (calibrate them first).
+        """
+        return multi_label_scores(image_embeddings, labels, self.bundle.manifest.logit_scale)
+
     @staticmethod
-    def format(labels: Sequence[str], probs: np.ndarray | None, top_k: int | None = None, error: str | None = None):
+    def format(
+        labels: Sequence[str],
+        probs: np.ndarray | None,
+        top_k: int | None = None,
+        error: str | None = None,
+        multi_label: bool = False,
+    ):
         """One result row: {"labels", "probs"} with labels in the given order (or the top_k, best first);
-        for a failed image {"labels", "probs": None, "error"}."""
+        multi-label: {"labels", "scores", "present"} (`present`: the labels at or above 0.5, best first; may
+        be empty); for a failed image {"labels", "probs" or "scores": None, "error"}."""
+        key = "scores" if multi_label else "probs"
         if probs is None:
-            return {"labels": list(labels), "probs": None, "error": error}
-        return format_result(labels, probs, top_k)
+            return {"labels": list(labels), key: None, "error": error}
+        return format_result(labels, probs, top_k, multi_label)
 
     def classify(
         self,
@@ -294,20 +359,24 @@ class ZeroShotClassifier:
         top_k: int | None = None,
         errors: str = "raise",
         batch_size: int = 32,
+        multi_label: bool = False,
     ) -> list[dict[str, Any]]:
         """Classify images against labels: prepare, embed, score, format.
 
         Args:
             images: a list of inputs `prepare` takes (one input alone counts as a list of one).
-            labels: label texts (a list, or one comma-separated string), or LabelEmbeddings.
+            labels: label texts (a list, or one comma-separated string), or LabelEmbeddings; None: an edge
+                pack's own labels (a pack also takes any subset of its labels, softmax then runs over it).
             templates: None, a template with one "{}", a list of them, or "openai-imagenet".
             top_k: keep only the k best labels, best first (default: every label, in the given order).
             errors: "raise" raises ImageError naming the first bad image; "return" gives that image
                 {"labels", "probs": None, "error"} and still scores the others.
             batch_size: images per vision-tower run.
+            multi_label: score each label on its own against its calibrated threshold (`score_multi`):
+                needs label embeddings with thresholds (`clipedge calibrate`, or a pack made with them).
 
         Returns:
-            One {"labels", "probs"} per image, in input order.
+            One {"labels", "probs"} per image, in input order ({"labels", "scores", "present"} multi-label).
 
         Raises:
             ImageError: (errors="raise") a bad image.
@@ -320,11 +389,13 @@ class ZeroShotClassifier:
         if isinstance(labels, str):
             labels = parse_labels(labels)  # "cat, dog", as Azure's contract reads labels
         label_emb = self.labels(labels, templates)
+        if multi_label:
+            require_thresholds(label_emb)
         prepared = self.prepare_all(images)
         bad = [i for i, p in enumerate(prepared) if isinstance(p, ImageError)]
         if errors == "raise" and bad:
             raise ImageError(f"image {bad[0]}: {prepared[bad[0]]}")
-        return self.classify_prepared(prepared, label_emb, top_k, batch_size)
+        return self.classify_prepared(prepared, label_emb, top_k, batch_size, multi_label)
 
     def classify_prepared(
         self,
@@ -332,6 +403,7 @@ class ZeroShotClassifier:
         labels: LabelEmbeddings,
         top_k: int | None = None,
         batch_size: int = 32,
+        multi_label: bool = False,
     ) -> list[dict[str, Any]]:
         """Embed, score and format images that went through `prepare` (an exception in place of a bad one,
         which gets an error row). Used by `classify` and both batch engines."""
@@ -339,17 +411,46 @@ class ZeroShotClassifier:
         probs: dict[int, np.ndarray] = {}
         if ok:
             emb = self.embed(np.stack([prepared[i] for i in ok]), batch_size)  # type: ignore[misc]
-            probs = dict(zip(ok, self.score(emb, labels), strict=True))
+            scored = self.score_multi(emb, labels) if multi_label else self.score(emb, labels)
+            probs = dict(zip(ok, scored, strict=True))
         names = labels.labels
         return [
-            self.format(names, probs[i], top_k) if i in probs else self.format(names, None, None, str(p))
+            self.format(names, probs[i], top_k, None, multi_label)
+            if i in probs
+            else self.format(names, None, None, str(p), multi_label)
             for i, p in enumerate(prepared)
         ]
 
 
-def format_result(labels: Sequence[str], probs: np.ndarray, top_k: int | None = None) -> dict[str, Any]:
-    """{"labels", "probs"}: labels in the given order, or the top_k best first."""
+def format_result(
+    labels: Sequence[str], probs: np.ndarray, top_k: int | None = None, multi_label: bool = False
+) -> dict[str, Any]:
+    """{"labels", "probs"}: labels in the given order, or the top_k best first. Multi-label: {"labels",
+    "scores", "present"}, `present` being the labels scoring 0.5 or more, best first (possibly none)."""
     pairs = list(zip(labels, (float(p) for p in probs), strict=True))
     if top_k:
         pairs = sorted(pairs, key=lambda lp: -lp[1])[:top_k]
-    return {"labels": [label for label, _ in pairs], "probs": [p for _, p in pairs]}
+    row: dict[str, Any] = {
+        "labels": [label for label, _ in pairs],
+        "scores" if multi_label else "probs": [p for _, p in pairs],
+    }
+    if multi_label:
+        row["present"] = [label for label, p in sorted(pairs, key=lambda lp: -lp[1]) if p >= 0.5]
+    return row
+
+
+def require_thresholds(labels: LabelEmbeddings) -> None:
+    """Raises LabelError unless `labels` carry calibrated thresholds (multi-label scoring needs them)."""
+    if labels.thresholds is None:
+        raise LabelError(
+            "multi-label scoring needs calibrated thresholds: run `clipedge calibrate` and pass its file "
+            "(--label-embeddings), or use a pack made with them"
+        )
+
+
+def multi_label_scores(image_embeddings: np.ndarray, labels: LabelEmbeddings, logit_scale: float) -> np.ndarray:
+    """sigmoid(logit_scale x (cosine - threshold)) per image and label, float32 [N, L] (0.5 at the threshold)."""
+    require_thresholds(labels)
+    cos = image_embeddings @ labels.embeddings.T
+    z = np.float32(logit_scale) * (cos - labels.thresholds[None, :])
+    return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)

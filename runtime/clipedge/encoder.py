@@ -45,7 +45,7 @@ class ClipEncoder:
         self.per_item = batch_independent and batch_dependent(bundle, self.precision)
         self._provider, self._threads, self._strict, self._pool = provider, threads, strict, pool
         towers = bundle.manifest.towers
-        self._vision_io, self._text_io = towers["vision"], towers["text"]
+        self._vision_io, self._text_io = towers["vision"], towers.get("text")
         self._text = None
         self._text_lock = threading.Lock()
 
@@ -54,6 +54,10 @@ class ClipEncoder:
         return self._vision.get_providers()
 
     def _text_session(self):
+        if self.bundle.pack is not None:
+            from .pack import no_text_tower
+
+            raise no_text_tower(self.bundle, "text embeddings")
         with self._text_lock:
             if self._text is None:
                 path = self.bundle.tower_path(self.precision, "text")

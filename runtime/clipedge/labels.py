@@ -3,7 +3,8 @@
 One text pass per label-template pair, ever: texts are sorted by token length and run in batches padded to
 the longest text of the batch; each label's template embeddings are averaged and re-normalised. An LRU
 cache keeps single labels, so a new label set that shares labels with an old one only pays for the new ones.
-A saved .npz carries the bundle's hash and is refused by any other bundle.
+A saved .npz carries the bundle's hash and is refused by any other bundle. It may also carry per-label
+thresholds for multi-label scoring (`clipedge calibrate`), keyed to the vision precision they were fitted on.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +85,28 @@ class LabelEmbeddings:
     embeddings: np.ndarray  # float32 [len(labels), D], unit rows
     bundle_hash: str
     precision: str
+    # multi-label scoring (clipedge.calibrate): a cosine threshold per label, and how they were fitted
+    # ({"vision_precision", "objective", "images", "f1", ...}); None when not calibrated
+    thresholds: np.ndarray | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def subset(self, names: Sequence[str]) -> LabelEmbeddings:
+        """These embeddings (and thresholds) for `names`, in that order.
+
+        Raises:
+            LabelError: a name that is not among these labels (the message names the first known ones).
+        """
+        index = {label: i for i, label in enumerate(self.labels)}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            known = ", ".join(repr(x) for x in self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
+            raise LabelError(f"label {unknown[0][:80]!r} is not one of the {len(self.labels)} fixed labels ({known})")
+        rows = [index[n] for n in names]
+        thresholds = None if self.thresholds is None else self.thresholds[rows]
+        return LabelEmbeddings(
+            tuple(names), self.templates, self.embeddings[rows], self.bundle_hash, self.precision, thresholds,
+            self.calibration,
+        )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
         """Write an .npz (embeddings + labels, templates, bundle hash, precision).
@@ -96,9 +120,13 @@ class LabelEmbeddings:
             "precision": self.precision,
             "labels": list(self.labels),
             "templates": list(self.templates),
+            "calibration": self.calibration,
         }
+        arrays = {"embeddings": self.embeddings.astype(np.float32), "meta": np.array(json.dumps(meta))}
+        if self.thresholds is not None:
+            arrays["thresholds"] = np.asarray(self.thresholds, dtype=np.float32)
         with open(path, "wb") as f:
-            np.savez(f, embeddings=self.embeddings.astype(np.float32), meta=np.array(json.dumps(meta)))
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path, bundle_hash: str | None = None) -> LabelEmbeddings:
@@ -118,6 +146,7 @@ class LabelEmbeddings:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 emb = np.asarray(data["embeddings"], dtype=np.float32)
+                thresholds = np.asarray(data["thresholds"], dtype=np.float32) if "thresholds" in data else None
         except FileNotFoundError:
             raise LabelFileError(f"{path}: no such label-embedding file") from None
         except (OSError, ValueError, KeyError) as e:
@@ -132,7 +161,12 @@ class LabelEmbeddings:
             )
         if emb.ndim != 2 or len(emb) != len(meta["labels"]):
             raise LabelFileError(f"{path}: embeddings do not match the label list")
-        return cls(tuple(meta["labels"]), tuple(meta["templates"]), emb, meta["bundle_hash"], meta["precision"])
+        if thresholds is not None and thresholds.shape != (len(emb),):
+            raise LabelFileError(f"{path}: thresholds do not match the label list")
+        return cls(
+            tuple(meta["labels"]), tuple(meta["templates"]), emb, meta["bundle_hash"], meta["precision"], thresholds,
+            dict(meta.get("calibration") or {}),
+        )  # fmt: skip
 
 
 def check_compatible(labels: LabelEmbeddings, bundle_hash: str, embed_dim: int, precision: str) -> None:
@@ -150,6 +184,15 @@ def check_compatible(labels: LabelEmbeddings, bundle_hash: str, embed_dim: int, 
     if labels.embeddings.ndim != 2 or labels.embeddings.shape[1] != embed_dim:
         raise LabelFileError(
             f"label embeddings have size {labels.embeddings.shape[-1]}, this bundle's embeddings have {embed_dim}"
+        )
+    fitted_on = labels.calibration.get("vision_precision")
+    if labels.thresholds is not None and fitted_on and fitted_on != precision:
+        log.warning(
+            "thresholds were calibrated with the %s image tower; the image tower runs in %s (recalibrate with "
+            "`clipedge calibrate --precision %s` for exact thresholds)",
+            fitted_on,
+            precision,
+            precision,
         )
     if labels.precision != precision:
         log.warning(

@@ -34,14 +34,22 @@ def plot_results(
         ax_img.imshow(image)
         ax_img.set_title(name if len(name) <= 40 else "..." + name[-37:], fontsize=9)
         ax_img.axis("off")
-        pairs = sorted(zip(res["labels"], res["probs"], strict=True), key=lambda lp: -lp[1])[:max_labels]
+        multi = "present" in res  # multi-label: scores judged on their own, present at 0.5 or more
+        values = res["scores"] if multi else res["probs"]
+        pairs = sorted(zip(res["labels"], values, strict=True), key=lambda lp: -lp[1])[:max_labels]
         labels = [label for label, _ in pairs][::-1]
         probs = [p for _, p in pairs][::-1]
         bars = ax_bar.barh(range(len(labels)), probs, color="#4C72B0")
-        bars[-1].set_color("#DD8452")
+        for bar, p in zip(bars, probs, strict=True):
+            if (multi and p >= 0.5) or (not multi and bar is bars[-1]):
+                bar.set_color("#DD8452")
         ax_bar.set_yticks(range(len(labels)), labels, fontsize=9)
         ax_bar.set_xlim(0, 1)
-        ax_bar.set_xlabel("probability")
+        if multi:
+            ax_bar.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+            ax_bar.set_xlabel("score (present at 0.5 or more)" if res["present"] else "score: none of these labels")
+        else:
+            ax_bar.set_xlabel("probability")
         for y, p in enumerate(probs):
             ax_bar.text(min(p + 0.01, 0.9), y, f"{p:.3f}", va="center", fontsize=8)
     fig.tight_layout()

@@ -75,15 +75,17 @@ def prepare_job(job: BatchJob) -> Prepared:
         raise InputError(f"{job.input}: --layout azure needs Azure's batch input (a folder of CSVs with image, text)")
     out = check_output(job.output, job.resume, layout)
     check_extras(job, out)
-    if not azure and not (job.labels or job.label_embeddings):
-        raise InputError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
     skip = done_ids(out, layout) if job.resume else set()
     clf = job.load.load()
+    if not azure and not (job.labels or job.label_embeddings or clf.packed_labels is not None):
+        raise InputError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
     labels: LabelEmbeddings | None = None
     if job.label_embeddings:
         labels = clf.load_labels(job.label_embeddings)
     elif job.labels:
         labels = clf.labels(list(job.labels), job.templates)
+    elif clf.packed_labels is not None and not azure:  # an edge pack: its own labels
+        labels = clf.labels(None)
     if job.resume and layout == "native" and labels is not None:
         before = output_labels(out)
         if before is not None and before != list(labels.labels):

@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable
 
 from .batch import add_batch
+from .bench import add_bench
 from .classify import add_classify, add_eval, add_labels
 from .common import EXIT_ERROR, EXIT_PARTIAL, EXIT_PIPE
 from .export import add_export
+from .pack import add_calibrate, add_pack
 from .serve import add_serve
 
 __all__ = ["EXIT_ERROR", "EXIT_PARTIAL", "EXIT_PIPE", "build_parser", "main"]
@@ -24,6 +26,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_batch,
     add_serve,
     add_export,
+    add_pack,
+    add_calibrate,
+    add_bench,
 ]
 
 

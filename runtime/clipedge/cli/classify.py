@@ -29,26 +29,32 @@ def _format_table(names: list[str], results: list[dict], top_k: int | None) -> s
         if res.get("error"):
             lines.append(f"  error: {res['error']}")
             continue
-        pairs = sorted(zip(res["labels"], res["probs"], strict=True), key=lambda lp: -lp[1])[:top_k]
-        for label, p in pairs:
-            lines.append(f"  {label:<{width}}  {p:6.3f}  {'█' * round(p * 30)}")
+        multi = "present" in res
+        pairs = sorted(zip(res["labels"], res["scores" if multi else "probs"], strict=True), key=lambda lp: -lp[1])
+        for label, p in pairs[:top_k]:
+            mark = ("  ✓" if p >= 0.5 else "") if multi else ""
+            lines.append(f"  {label:<{width}}  {p:6.3f}  {'█' * round(p * 30)}{mark}")
+        if multi and not res["present"]:
+            lines.append("  (none of these labels)")
     return "\n".join(lines)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     import json
 
-    from ..classifier import format_result
+    from ..classifier import format_result, require_thresholds
     from ..images import ImageError, describe
 
     try:
         clf = load_options(args).load()
         label_emb = resolve_labels(args, clf)
+        if args.multi_label:
+            require_thresholds(label_emb)
     except known_errors() as e:
         return fail(str(e))
     names = [describe(src) for src in args.images]
     prepared = clf.prepare_all(args.images)
-    results = clf.classify_prepared(prepared, label_emb)
+    results = clf.classify_prepared(prepared, label_emb, multi_label=args.multi_label)
     failed = 0
     for name, p in zip(names, prepared, strict=True):
         if isinstance(p, ImageError):
@@ -57,7 +63,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         out = []
         for name, res in zip(names, results, strict=True):
-            row = format_result(res["labels"], res["probs"], args.top_k) if res.get("probs") else dict(res)
+            key = "scores" if args.multi_label else "probs"
+            row = format_result(res["labels"], res[key], args.top_k, args.multi_label) if res.get(key) else dict(res)
             out.append({"image": name, **row})
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
@@ -72,7 +79,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace, names: list[str], results: list[dict]) -> int:
     from ..images import load_image
 
-    ok = [i for i, r in enumerate(results) if r.get("probs")]
+    ok = [i for i, r in enumerate(results) if r.get("probs") or r.get("scores")]
     if not ok:
         return 0
     from ..plot import plot_results
@@ -96,6 +103,12 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
         "--top-k", type=positive_int, default=None, help="show only the k best labels per image (default: all)"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="judge each label on its own against its calibrated threshold (score >= 0.5: present; an image may "
+        "get none); needs thresholds from `clipedge calibrate` or a pack made with them",
+    )
     p.add_argument("--plot", default=None, help="write a PNG: each image beside its label probabilities")
     add_url_args(p)
     p.add_argument("--fast-jpeg", action="store_true",

@@ -101,7 +101,7 @@ def add_model_args(p: argparse.ArgumentParser, pool: str = "shared", engines: li
         "-m",
         "--model",
         default=None,
-        help="bundle folder (default: $CLIPEDGE_MODEL, else models/demo in a clipedge checkout)",
+        help="bundle or edge-pack folder (default: $CLIPEDGE_MODEL, else models/demo in a clipedge checkout)",
     )
     p.add_argument(
         "--precision",
@@ -167,7 +167,11 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
     g.add_argument("--labels-file", help="text file, one label per line")
-    g.add_argument("--label-embeddings", help=".npz written by `clipedge labels build`")
+    g.add_argument(
+        "--label-embeddings",
+        help=".npz written by `clipedge labels build` or `clipedge calibrate` (an edge pack "
+        "needs none of these: it has its labels)",
+    )
 
 
 def add_template_args(p: argparse.ArgumentParser) -> None:
@@ -206,5 +210,11 @@ def resolve_labels(args: argparse.Namespace, clf):
         return clf.load_labels(args.label_embeddings)
     names = label_names(args)
     if names is None:
+        if clf.packed_labels is not None:  # an edge pack: its own labels
+            return (
+                clf.labels(None, templates_arg(args))
+                if not templates_arg(args)
+                else clf.labels(list(clf.packed_labels.labels), templates_arg(args))
+            )
         raise LabelError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
     return clf.labels(names, templates_arg(args))

@@ -32,6 +32,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_bundle(load.bundle, verify=False)  # a wrong path fails now; hashes are checked at load
         if args.template is not None:
             validate_template(args.template, "--template")
+        if args.label_embeddings:
+            from ..labels import LabelEmbeddings
+
+            LabelEmbeddings.load(args.label_embeddings)  # a wrong file fails now; its bundle is checked at load
         api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     except known_errors() as e:
         return fail(str(e))
@@ -48,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
         template=args.template,
+        label_embeddings=args.label_embeddings,
         pixel_budget=args.pixel_budget,
         client_timeout=args.client_timeout,
     )
@@ -61,6 +66,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
     p.add_argument("--port", type=port, default=8000)
     p.add_argument("--template", default=None, help='prompt template for labels, e.g. "a photo of a {}."')
+    p.add_argument("--label-embeddings", default=None,
+                   help="labels known in advance (.npz from `labels build` or `calibrate`): no text-tower work for "
+                        "them; with thresholds, multi-label requests (an edge pack's labels need no flag)")  # fmt: skip
     p.add_argument("--max-batch", type=positive_int, default=32, help="images per vision-tower run (default 32)")
     p.add_argument(
         "--max-wait-ms", type=non_negative_float, default=0.0, help="idle wait for more requests (default 0)"

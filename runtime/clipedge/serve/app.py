@@ -3,8 +3,9 @@ lifespan, never at import.
 
 Routes (DESIGN.md, Shared rules): GET / liveness ("Healthy", as Azure's inference server); POST / Hugging
 Face's zero-shot-image-classification task; POST /score Azure's model-catalog contract; POST /invocations
-MLflow 2.x scoring; POST /classify (multipart upload), /embed/image, /embed/text; GET /health, /ready,
-/metrics, /swagger.json (OpenAPI 3.1, as FastAPI writes it; also at /openapi.json), /docs.
+MLflow 2.x scoring; POST /classify (multipart upload, or one URL), /embed/image, /embed/text; GET /health,
+/ready, /metrics, /swagger.json (OpenAPI 3.1, as FastAPI writes it; also at /openapi.json), /docs; GET /ui
+the try-it page (ui.py).
 
 `create_app` returns the plain FastAPI app; `create_guarded_app` wraps it in the Guard (API key, body cap,
 slow-client limits, request ids) and, when origins are configured, CORS: that is what the runner serves
@@ -26,7 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..images import ImageError
+from ..classifier import format_result, is_url
+from ..images import ImageError, safe_url
 from ..labels import LabelError, parse_labels
 from ..providers import without_dirs
 from ..templates import TemplateError, validate_template
@@ -43,10 +45,12 @@ from .contract import (
 from .errors import ApiError, error_body
 from .guard import BodyTooLarge, Guard, SlowBody
 from .state import ServeConfig, State, run_inference, text_work
+from .ui import ui_router
 
 log = logging.getLogger("clipedge.serve")
 router = APIRouter()
 T = TypeVar("T")
+MAX_URL_CHARS = 2048
 
 
 def state_of(request: Request) -> State:
@@ -88,7 +92,9 @@ async def read_json(request: Request) -> Any:
         return await asyncio.get_running_loop().run_in_executor(state.parse_pool, parse_json, body)
 
 
-async def infer(request: Request, images: list[Any], labels: list[str] | None, template: str | None):
+async def infer(
+    request: Request, images: list[Any], labels: list[str] | None, template: str | None, multi_label: bool = False
+):
     """Admit the request (503 when its work would wait too long), then run it unless its client goes
     away (see `run_inference`). Admission happens right after parsing, with no await in between."""
     state = state_of(request)
@@ -96,7 +102,7 @@ async def infer(request: Request, images: list[Any], labels: list[str] | None, t
     admission.admit(len(images))
     state.metrics.queue_depth.set(admission.in_flight)
     try:
-        return await unless_gone(request, run_inference(state, images, labels, template))
+        return await unless_gone(request, run_inference(state, images, labels, template, multi_label))
     finally:
         admission.release(len(images))
         state.metrics.queue_depth.set(admission.in_flight)
@@ -130,22 +136,43 @@ async def hugging_face(request: Request) -> JSONResponse:
 @router.post("/classify", summary="multipart upload: one or more image files and comma-separated labels")
 async def classify_upload(
     request: Request,
-    files: list[UploadFile] = File(..., description="image files"),  # noqa: B008
-    labels: str = Form(..., description="comma-separated labels"),
+    files: list[UploadFile] | None = File(None, description="image files (or give url)"),  # noqa: B008
+    labels: str | None = Form(None, description="comma-separated labels (optional with fixed labels: a pack's)"),
     template: str | None = Form(None, description='prompt template with one {}, e.g. "a photo of a {}."'),
+    url: str | None = Form(None, description="one http(s) image URL instead of files, fetched as /score's URLs"),
+    multi_label: bool = Form(False, description="score each label on its own against its calibrated threshold"),
 ) -> JSONResponse:
     state = state_of(request)
     limits = state.config.limits
-    label_list = parse_labels(labels)
+    if labels is None or not labels.strip():
+        if state.fixed_labels is None:
+            raise ApiError(
+                400, "invalid_labels", "no labels given (only an edge pack or --label-embeddings has its own)"
+            )
+        label_list = list(state.fixed_labels.labels)  # a pack's (or --label-embeddings') own labels
+    else:
+        label_list = parse_labels(labels)
     check_labels(label_list, limits)
     if template:
         validate_template(template)
-    if len(files) > limits.max_images:
-        raise ApiError(400, "too_many_images", f"{len(files)} files; the limit is {limits.max_images}")
-    data = [await f.read() for f in files]
-    label_emb, probs = await infer(request, data, label_list, template)
-    rows = score_response(list(label_emb.labels), probs)
-    return JSONResponse([{"image": f.filename, **r} for f, r in zip(files, rows, strict=True)])
+    files = [f for f in files or () if f.filename or f.size]  # an HTML form's empty file field is no file
+    url = url.strip() if url and url.strip() else None  # an empty field counts as not given
+    if bool(files) == (url is not None):
+        raise ApiError(400, "invalid_input", "give image files or one url, not both" if files else "no image given")
+    if url is not None:
+        if len(url) > MAX_URL_CHARS or not is_url(url):
+            raise ApiError(400, "invalid_input", f"url must be an http or https URL of at most {MAX_URL_CHARS} chars")
+        sources, names = [url], [safe_url(url)]  # fetched under the server's URL rules (run_inference)
+    else:
+        if len(files) > limits.max_images:
+            raise ApiError(400, "too_many_images", f"{len(files)} files; the limit is {limits.max_images}")
+        sources, names = [await f.read() for f in files], [f.filename for f in files]
+    label_emb, probs = await infer(request, sources, label_list, template, multi_label)
+    if multi_label:  # {"labels", "scores", "present"}: present may be empty ("none of these labels")
+        rows = [format_result(label_emb.labels, row, multi_label=True) for row in probs]
+    else:
+        rows = score_response(list(label_emb.labels), probs)
+    return JSONResponse([{"image": n, **r} for n, r in zip(names, rows, strict=True)])
 
 
 @router.post("/embed/image", summary='image embeddings: {"images": [base64 or URL, ...]}')
@@ -323,6 +350,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.state.clipedge = State(config)
     app.include_router(router)
+    app.include_router(ui_router)
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)
     return app

@@ -3,7 +3,8 @@
 - request ids, as Azure's inference server: `x-request-id` (the client's when given, printable and at most
   100 characters, else a new UUID) and `x-ms-request-id` (the same), `x-ms-client-request-id` (the
   client's, else the request id), and `x-ms-run-fn-exec-ms` (time in the app, milliseconds);
-- the API key (401 before the body is read; `/`, `/health` and `/ready` stay open, as Azure's probes);
+- the API key (401 before the body is read; `/`, `/health` and `/ready` stay open, as Azure's probes, and
+  so does `GET /ui`, a static page with no data that asks for the key itself: see ui.py);
 - the body cap (413, from Content-Length or while streaming, even when a form parser would have turned the
   failure into a 400);
 - slow bodies: each part must arrive within `client_timeout` of the previous one, and the body must average
@@ -25,7 +26,7 @@ from typing import Any
 from .errors import error_bytes
 
 ROUTES = ("/", "/score", "/invocations", "/classify", "/embed/image", "/embed/text", "/health", "/ready", "/metrics")
-OPEN_ROUTES = ("/", "/health", "/ready")  # probes answer without the key (POST / needs it: see _open)
+OPEN_ROUTES = ("/", "/health", "/ready", "/ui")  # probes and the static try-it page; GET/HEAD only (_open)
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,100}$")
 
 

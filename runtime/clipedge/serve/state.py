@@ -53,6 +53,9 @@ class ServeConfig:
     fetch_workers: int = 32
     pixel_budget: int = 100_000_000  # pixels decoding at once, across requests
     template: str | None = None
+    # a label-embedding file (`labels build` or `calibrate`): its labels need no text-tower work, and with
+    # thresholds it enables multi-label requests; an edge pack's own labels play this part by themselves
+    label_embeddings: str | None = None
     client_timeout: float = 10.0  # headers, and each gap in a body, must arrive within this
     min_body_rate: float = 4096  # bytes/s a body must average after client_timeout seconds
     max_body_seconds: float = 120.0  # a body must be complete within this, however steadily it arrives
@@ -99,6 +102,7 @@ class State:
         self.load_error: str | None = None
         self.on_load_failed: Any = None  # set by the runner: stops the server
         self.text_pending = 0
+        self.fixed_labels: LabelEmbeddings | None = None  # --label-embeddings, or an edge pack's labels
 
         def pool(n: int, name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
@@ -125,7 +129,12 @@ class State:
             self.clf.embed(pixels, batch_size=c.max_batch)
             best = min(best, time.perf_counter() - t0)
         rate = c.max_batch / max(best, 1e-6)
-        self.clf.label_embeddings(["warm-up"], c.template)
+        if c.label_embeddings:
+            self.fixed_labels = self.clf.load_labels(c.label_embeddings)
+        elif self.clf.packed_labels is not None:
+            self.fixed_labels = self.clf.packed_labels
+        if self.clf.bundle.has_text_tower:
+            self.clf.label_embeddings(["warm-up"], c.template)
         return rate
 
     def start_batcher(self, rate: float) -> None:
@@ -158,18 +167,49 @@ class State:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def run_inference(state: State, images: list[Any], labels: list[str] | None, template: str | None):
+def fixed_subset(state: State, labels: list[str] | None, template: str | None, multi_label: bool):
+    """The server's fixed labels (a pack's, or --label-embeddings) for this request, or None when the
+    request's labels must be embedded. Multi-label requests need fixed labels with thresholds.
+
+    Raises:
+        LabelError: a multi-label request the fixed labels cannot answer.
+    """
+    fixed = state.fixed_labels
+    if multi_label:
+        if fixed is None or fixed.thresholds is None:
+            raise LabelError(
+                "multi-label scoring needs calibrated thresholds: start the server with --label-embeddings "
+                "FILE from `clipedge calibrate`, or with an edge pack made with them"
+            )
+        if template:
+            raise LabelError("multi-label requests use the calibrated labels' own template: send none")
+        return fixed if labels is None else fixed.subset(labels)
+    if fixed is None or template or labels is None or not set(labels) <= set(fixed.labels):
+        return None
+    return fixed.subset(labels)
+
+
+async def run_inference(
+    state: State, images: list[Any], labels: list[str] | None, template: str | None, multi_label: bool = False
+):
     """The endpoint's one path from request to result rows (admission is the caller's: `app.infer`).
 
     Returns:
-        (label embeddings, probabilities [N, L]) when labels are given, else (None, embeddings [N, D]).
+        (label embeddings, probabilities [N, L]) when labels are given (multi-label: scores [N, L], see
+        `ZeroShotClassifier.score_multi`), else (None, embeddings [N, D]).
 
     Raises:
         ApiError: not ready, overloaded (503), a bad image, label or template (400, naming the row).
     """
     clf, batcher, _ = state.require_ready()
     label_task = None
-    if labels is not None:
+    try:
+        fixed = fixed_subset(state, labels, template, multi_label)
+    except LabelError as e:
+        raise ApiError(400, "invalid_labels", str(e)) from None
+    if fixed is not None:
+        label_task = asyncio.ensure_future(asyncio.sleep(0, fixed))
+    elif labels is not None:
         label_task = asyncio.ensure_future(text_work(state, clf.labels, labels, template or state.config.template))
     try:
         pixels = await _prepare_all(state, clf, images)
@@ -183,7 +223,7 @@ async def run_inference(state: State, images: list[Any], labels: list[str] | Non
     finally:
         if label_task is not None and not label_task.done():
             label_task.cancel()
-    return label_emb, clf.score(emb, label_emb)
+    return label_emb, (clf.score_multi(emb, label_emb) if multi_label else clf.score(emb, label_emb))
 
 
 async def text_work(state: State, fn: Any, *args: Any) -> Any:

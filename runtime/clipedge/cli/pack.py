@@ -1,0 +1,131 @@
+"""`clipedge pack` (an edge pack: vision tower + fixed labels) and `clipedge calibrate` (multi-label
+thresholds)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import (
+    add_label_args,
+    add_model_args,
+    add_template_args,
+    fail,
+    known_errors,
+    label_names,
+    load_options,
+    templates_arg,
+)
+
+
+# -- pack -----------------------------------------------------------------------------------------------
+def cmd_pack(args: argparse.Namespace) -> int:
+    from ..labels import LabelEmbeddings, LabelError
+    from ..pack import make_pack
+
+    try:
+        names = label_names(args)
+        embeddings = None
+        if args.label_embeddings:
+            if args.template or args.templates:
+                raise LabelError("--template/--templates have no effect with --label-embeddings")
+            embeddings = LabelEmbeddings.load(args.label_embeddings)
+        elif names is None:
+            raise LabelError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+        out = make_pack(
+            args.bundle, args.output, args.precision, names, templates_arg(args), embeddings, args.text_precision
+        )
+    except OSError as e:
+        return fail(f"{args.output}: cannot write ({e.strerror or e})")
+    except known_errors() as e:
+        return fail(str(e))
+    files = sorted(p for p in out.iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    print(f"wrote {out}: {', '.join(p.name for p in files)} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+def add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="an edge pack: one precision's vision tower and fixed label embeddings (no text tower)",
+        description="Write a small folder for a device that classifies against a fixed set of labels: the vision "
+        "tower of one precision, the label embeddings (computed here with the fp32 text tower), their thresholds "
+        "when the embeddings come from `clipedge calibrate`, and pack.json with every file's sha256 and the source "
+        "bundle's hash. Every command that takes -m BUNDLE takes the pack.",
+    )
+    p.add_argument("bundle", help="the source bundle folder")
+    add_label_args(p)
+    add_template_args(p)
+    p.add_argument(
+        "--precision",
+        required=True,
+        help="the vision tower to ship: int8 (fastest with ONNX Runtime alone on a CPU), int8-static (OpenVINO, "
+        "TensorRT), fp16 (GPUs), fp32",
+    )
+    p.add_argument("--text-precision", default="fp32", help="the text tower that embeds the labels (default fp32)")
+    p.add_argument("-o", "--output", required=True, help="the pack folder to create (new or empty)")
+    p.set_defaults(func=cmd_pack)
+
+
+# -- calibrate ------------------------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..calibrate import calibrate, multi_label_figures
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rembedding {done}/{total} images", end="", file=sys.stderr, flush=True)
+
+    try:
+        if args.label_embeddings:
+            raise ValueError("calibrate embeds its labels itself: give --labels or --labels-file (or neither)")
+        options = load_options(args)
+        cal = calibrate(options, args.dataset, label_names(args), templates_arg(args) or "a photo of a {}.",
+                        args.text_precision, progress)  # fmt: skip
+        print(file=sys.stderr)
+        cal.labels.save(args.output)
+        report = {"output": args.output, "images": cal.images, "f1": cal.f1, "failed": len(cal.failed)}
+        if args.eval:
+            report["eval"] = multi_label_figures(options.load(), cal.labels, args.eval)
+    except OSError as e:
+        return fail(f"{args.output}: cannot write ({e.strerror or e})")
+    except (ValueError, *known_errors()) as e:
+        return fail(str(e))
+    for path, reason in cal.failed:
+        print(f"clipedge: skipped {path}: {reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    width = max(len(n) for n in cal.f1)
+    print(f"wrote {args.output}: thresholds for {len(cal.f1)} labels from {cal.images} images "
+          f"(vision {cal.labels.calibration['vision_precision']}, text {cal.labels.precision})")  # fmt: skip
+    for (name, f1), t in zip(cal.f1.items(), cal.labels.thresholds, strict=True):  # type: ignore[arg-type]
+        print(f"  {name:<{width}}  threshold {t:.4f}  F1 {f1:.3f}")
+    if args.eval:
+        e = report["eval"]
+        print(
+            f"{args.eval}: labelled classes top-1 {e['labelled_top1_multi']:.3f} multi-label "
+            f"(softmax {e['labelled_top1_softmax']:.3f}); other classes with no label {e['unlabelled_no_label']:.3f}"
+        )
+    return 0
+
+
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit per-label thresholds for multi-label scoring on a labelled image folder",
+        description="Each label's threshold maximises its F1 on DATASET (one sub-folder of images per class; "
+        "positives are its folder's images, negatives all others, including classes that are not labels). "
+        "Writes label embeddings with thresholds, for `classify --multi-label --label-embeddings`, `pack "
+        "--label-embeddings` and the endpoint's multi-label mode.",
+    )
+    p.add_argument("dataset", help="image folder: one sub-folder per class (underscores read as spaces)")
+    add_label_args(p)
+    add_template_args(p)
+    add_model_args(p)
+    p.add_argument("--text-precision", default="fp32", help="the text tower that embeds the labels (default fp32)")
+    p.add_argument("-o", "--output", required=True, help="output .npz (label embeddings with thresholds)")
+    p.add_argument("--eval", default=None, help="a second labelled folder to report multi-label figures on")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_calibrate)
