@@ -71,7 +71,7 @@ def test_a_pack_classifies_like_its_bundle_with_the_same_embeddings(pack):
 
 def test_what_needs_the_text_tower_is_refused_clearly(pack):
     clf = ZeroShotClassifier.load(pack)
-    with pytest.raises(NoTextTowerError, match=r"'cat' is not one of the 15 fixed labels \('red circle'.*edge pack"):
+    with pytest.raises(NoTextTowerError, match=r"label 1 is not one of the 15 fixed labels \('red circle'.*edge pack"):
         clf.classify([EXAMPLES / "red_circle.png"], ["red circle", "cat"])
     with pytest.raises(NoTextTowerError, match="edge pack .* text embeddings need the full bundle"):
         clf.embed_texts(["cat"])
@@ -89,6 +89,29 @@ def test_a_damaged_pack_is_refused(pack, tmp_path):
         ZeroShotClassifier.load(copy)
     (copy / "pack.json").write_text('{"kind": "something-else"}')
     with pytest.raises(BundleError, match="not a clipedge edge pack"):
+        ZeroShotClassifier.load(copy)
+
+
+def test_a_pack_json_cannot_point_outside_the_pack(pack, tmp_path):
+    copy = shutil.copytree(pack, tmp_path / "pack")
+    (tmp_path / "outside.npz").write_bytes((copy / "labels.npz").read_bytes())
+    meta = json.loads((copy / "pack.json").read_text())
+    meta["labels"]["file"] = "../outside.npz"
+    (copy / "pack.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"a pack's files are labels.npz and vision.int8.onnx"):
+        ZeroShotClassifier.load(copy)
+    meta["labels"]["file"] = "labels.npz"
+    meta["manifest"]["precisions"]["int8"]["vision"]["file"] = "/etc/passwd"
+    (copy / "pack.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="a pack's files are"):
+        ZeroShotClassifier.load(copy)
+
+
+def test_a_bundle_manifest_cannot_point_outside_its_folder(tmp_path):
+    copy = shutil.copytree(DEMO, tmp_path / "demo", ignore=shutil.ignore_patterns("*.onnx", "examples"))
+    text = (copy / "manifest.json").read_text().replace('"tokenizer.json"', '"../tokenizer.json"')
+    (copy / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match="'../tokenizer.json' must be a plain name"):
         ZeroShotClassifier.load(copy)
 
 
@@ -130,7 +153,7 @@ def test_multi_label_on_the_demo_says_none_for_unlabelled_classes(calibrated, sh
     assert figures["labelled_top1_multi"] >= figures["labelled_top1_softmax"] - 0.02
 
 
-def test_multi_label_through_the_cli_and_a_pack(calibrated, tmp_path, capsys):
+def test_multi_label_through_the_cli_and_a_pack(calibrated, shapes, tmp_path, capsys):
     images = [str(EXAMPLES / "purple_circle.png"), str(EXAMPLES / "red_circle.png")]  # purple circle: no label
     args = ["classify", *images, "-m", str(DEMO), "--label-embeddings", str(calibrated), "--multi-label", "--json"]
     assert main(args) == 0
@@ -142,6 +165,10 @@ def test_multi_label_through_the_cli_and_a_pack(calibrated, tmp_path, capsys):
     capsys.readouterr()
     assert main(["classify", *images, "-m", str(out), "--multi-label", "--json"]) == 0
     assert [r["present"] for r in json.loads(capsys.readouterr().out)] == [[], ["red circle"]]
+    # a pack made without thresholds can be calibrated itself (with its own template)
+    plain = make_pack(DEMO, tmp_path / "plain", "int8", "red circle, blue cross")
+    assert main(["calibrate", str(shapes[0]), "-m", str(plain), "-o", str(tmp_path / "th.npz"), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["f1"]) == {"red circle", "blue cross"}
     with pytest.raises(LabelError, match="needs calibrated thresholds"):
         ZeroShotClassifier.load(DEMO).classify(images, LABELS, multi_label=True)
 
@@ -158,8 +185,8 @@ def test_the_endpoint_serves_a_pack(calibrated, tmp_path):
         ok = score(s, "red circle, blue cross")
         assert ok.status_code == 200 and ok.json()[0]["labels"] == ["red circle", "blue cross"]
         bad = score(s, "red circle, cat")
-        assert bad.status_code == 400 and "'cat' is not one of the 15 fixed labels" in bad.json()["message"]
-        assert str(tmp_path) not in bad.text  # no server paths in messages
+        assert bad.status_code == 400 and "label 1 is not one of the 15 fixed labels" in bad.json()["message"]
+        assert str(tmp_path) not in bad.text and "cat" not in bad.text  # no server paths, no request text
         text = httpx.post(s.url + "/embed/text", json={"texts": ["cat"]}, timeout=30)
         assert text.status_code == 400 and "edge pack" in text.json()["message"]
 
@@ -175,8 +202,27 @@ def test_the_endpoint_answers_multi_label_with_label_embeddings(calibrated):
         r = httpx.post(s.url + "/classify", data=subset, files=files, timeout=30)
         assert [row["labels"] for row in r.json()] == [["red circle", "blue cross"]] * 2
         outside = httpx.post(s.url + "/classify", data={**subset, "labels": "cat"}, files=files, timeout=30)
-        assert outside.status_code == 400 and "not one of the 15 fixed labels" in outside.json()["message"]
+        assert outside.status_code == 400 and "label 0 is not one of the 15 fixed labels" in outside.json()["message"]
         # single-label requests still embed any label with the text tower
         r = httpx.post(s.url + "/classify", data={"labels": "purple circle, cat"}, files=files, timeout=30)
         assert r.status_code == 200 and r.json()[0]["labels"] == ["purple circle", "cat"]
         assert r.json()[0]["probs"][0] > 0.5
+
+
+def test_a_server_template_other_than_the_fixed_labels_is_honoured(calibrated, tmp_path):
+    """--label-embeddings made with one template, --template another: the server's template wins."""
+    png = (EXAMPLES / "red_circle.png").read_bytes()
+    files = [("files", ("red_circle.png", png, "image/png"))]
+    data = {"labels": "red circle, blue cross"}
+    with ServerProcess(DEMO, "--label-embeddings", str(calibrated), "--template", "a drawing of a {}") as s:
+        fixed_only = httpx.post(s.url + "/classify", data=data, files=files, timeout=30).json()[0]["probs"]
+        with_other = httpx.post(s.url + "/classify", data={"labels": data["labels"] + ", cat"}, files=files, timeout=30)
+    clf = ZeroShotClassifier.load(DEMO)
+    expected = clf.classify([EXAMPLES / "red_circle.png"], ["red circle", "blue cross"], "a drawing of a {}")[0]
+    np.testing.assert_allclose(fixed_only, expected["probs"], atol=1e-5)
+    assert with_other.status_code == 200
+    pack = make_pack(DEMO, tmp_path / "pack", "int8", LABELS)
+    proc = ServerProcess(pack, "--template", "a drawing of a {}")
+    with pytest.raises(RuntimeError, match="differs from this edge pack's template"):
+        proc.wait_ready()  # the server exits at start with the reason
+    proc.stop()

@@ -177,6 +177,17 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     raise BundleError(f"manifest.json: {where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+def plain_file_name(name: str, where: str) -> str:
+    """`name` if it is a plain file name inside the folder (no separator, no "..", not absolute).
+
+    Raises:
+        BundleError: a name that could point outside the folder.
+    """
+    if not name or "/" in name or "\\" in name or name in (".", "..") or Path(name).is_absolute():
+        raise BundleError(f"{where}: file name {name!r} must be a plain name inside the folder")
+    return name
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -271,9 +282,19 @@ def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
     for name, variant in bundle.manifest.precisions.items():
         if variant.text is None:
             raise BundleError(f"{mpath}: missing key 'precisions.{name}.text'")
+    check_file_names(bundle.manifest, str(mpath))
     if verify:
         bundle.verify(verify if isinstance(verify, str) else None)
     return bundle
+
+
+def check_file_names(manifest: Manifest, where: str) -> None:
+    """Every file a manifest names is a plain name inside its folder (BundleError otherwise)."""
+    plain_file_name(manifest.tokenizer.file, where)
+    for variant in manifest.precisions.values():
+        for entry in (variant.vision, variant.text):
+            if entry is not None:
+                plain_file_name(entry.file, where)
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from .classifier import ZeroShotClassifier
 from .evaluate import image_folder
 from .images import ImageError
-from .labels import LabelEmbeddings, LabelError
+from .labels import LabelEmbeddings, LabelError, parse_labels
 from .options import LoadOptions
 
 OBJECTIVE = "per-label F1 on the calibration images (positives: the label's class folder; negatives: all others)"
@@ -86,7 +86,7 @@ def calibrate(
     model: LoadOptions | str | Path,
     dataset: str | Path,
     labels: Sequence[str] | None = None,
-    templates: str | Sequence[str] | None = "a photo of a {}.",
+    templates: str | Sequence[str] | None = None,
     text_precision: str | None = "fp32",
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
@@ -96,9 +96,9 @@ def calibrate(
         model: load options (the vision precision the thresholds are fitted for), or a bundle folder.
         dataset: one sub-folder of images per class; the folder name (underscores read as spaces) is the
             class text.
-        labels: the labels to calibrate (default: every class); each must be a class of the dataset. The
-            other classes' images are negatives only.
-        templates: prompt template(s) for the labels.
+        labels: the labels to calibrate (default: every class, or an edge pack's own labels); each must be a
+            class of the dataset. The other classes' images are negatives only.
+        templates: prompt template(s) for the labels (None: "a photo of a {}.", or an edge pack's own).
         text_precision: the text tower that embeds the labels (fp32 by default, as packs do); None: the
             vision tower's precision.
         progress: called with (done, total) while images are embedded.
@@ -111,13 +111,18 @@ def calibrate(
     """
     options = (model if isinstance(model, LoadOptions) else LoadOptions(str(model), provider="cpu")).resolved()
     classes, paths, targets = image_folder(dataset)
-    names = list(labels) if labels else classes
+    clf = options.load()
+    if labels:
+        names = parse_labels(labels) if isinstance(labels, str) else list(labels)
+    else:  # every class, or an edge pack's own labels
+        names = list(clf.packed_labels.labels) if clf.packed_labels is not None else classes
     missing = [n for n in names if n not in classes]
     if missing:
         raise LabelError(
             f"label {missing[0]!r} has no class folder in {dataset} (classes: {', '.join(classes[:5])}, ...)"
         )
-    clf = options.load()
+    if templates is None:
+        templates = clf.packed_labels.templates if clf.packed_labels is not None else "a photo of a {}."
     text_clf = clf
     if text_precision and text_precision != clf.precision and clf.bundle.pack is None:
         text_clf = replace(options, precision=text_precision, engine="onnxruntime").load()
@@ -134,7 +139,7 @@ def calibrate(
         "vision_precision": clf.precision,
         "objective": OBJECTIVE,
         "score": "sigmoid(logit_scale x (cosine - threshold)); present at 0.5",
-        "dataset": str(dataset),
+        "dataset": Path(dataset).name,  # its name only: label files travel (packs), local paths stay here
         "images": len(kept),
         "classes": len(classes),
         "f1": f1,

@@ -90,6 +90,12 @@ class LabelEmbeddings:
     thresholds: np.ndarray | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
 
+    def unknown_message(self, position: int) -> str:
+        """The message for a requested label (at `position`, from 0) that is not among these: it names the
+        first known labels and their count, never the request's own text (the endpoint shows it)."""
+        known = ", ".join(repr(x) for x in self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
+        return f"label {position} is not one of the {len(self.labels)} fixed labels ({known})"
+
     def subset(self, names: Sequence[str]) -> LabelEmbeddings:
         """These embeddings (and thresholds) for `names`, in that order.
 
@@ -97,10 +103,9 @@ class LabelEmbeddings:
             LabelError: a name that is not among these labels (the message names the first known ones).
         """
         index = {label: i for i, label in enumerate(self.labels)}
-        unknown = [n for n in names if n not in index]
+        unknown = [i for i, n in enumerate(names) if n not in index]
         if unknown:
-            known = ", ".join(repr(x) for x in self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
-            raise LabelError(f"label {unknown[0][:80]!r} is not one of the {len(self.labels)} fixed labels ({known})")
+            raise LabelError(self.unknown_message(unknown[0]))
         rows = [index[n] for n in names]
         thresholds = None if self.thresholds is None else self.thresholds[rows]
         return LabelEmbeddings(

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle, BundleError, FileEntry, Manifest, file_entry, load_bundle
-from .labels import LabelEmbeddings, LabelError, check_compatible
+from .bundle import Bundle, BundleError, FileEntry, Manifest, check_file_names, file_entry, load_bundle
+from .labels import LabelEmbeddings, LabelError, check_compatible, parse_labels
 
 PACK_MANIFEST = "pack.json"
 PACK_KIND = "clipedge-pack"
@@ -82,6 +82,10 @@ def make_pack(
     """
     from .classifier import ZeroShotClassifier
 
+    if (labels is None) == (label_embeddings is None):
+        raise LabelError("give the pack's labels (with templates) or label embeddings: one of the two")
+    if isinstance(labels, str):
+        labels = parse_labels(labels)  # "a, b", as everywhere else
     src = load_bundle(bundle, verify=True)
     if src.pack is not None:
         raise BundleError(f"{bundle}: is already an edge pack; make packs from the full bundle")
@@ -89,16 +93,27 @@ def make_pack(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out}: exists and is not an empty folder")
-    if (labels is None) == (label_embeddings is None):
-        raise LabelError("give the pack's labels (with templates) or label embeddings, not both")
-    clf = ZeroShotClassifier.load(src.path, precision=text_precision, provider="cpu", engine="onnxruntime")
     if label_embeddings is None:
+        clf = ZeroShotClassifier.load(src.path, precision=text_precision, provider="cpu", engine="onnxruntime")
         label_embeddings = clf.label_embeddings(list(labels or []), templates)
     else:
         # the one entry check (same source bundle, same size), against the vision tower the pack will run
         check_compatible(label_embeddings, src.bundle_hash, src.manifest.architecture.embed_dim, precision)
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(out, src, precision, variant, label_embeddings)
+    except BaseException:  # no half-written pack left behind (the next run would refuse the folder)
+        for p in out.iterdir():
+            p.unlink()
+        if created:
+            out.rmdir()
+        raise
+    return out
+
+
+def _write(out: Path, src: Bundle, precision: str, variant: Any, label_embeddings: LabelEmbeddings) -> None:
     shutil.copyfile(src.path / variant.vision.file, out / variant.vision.file)
     label_embeddings.save(out / LABELS_FILE)
     manifest = replace(src.manifest, precisions={precision: replace(variant, text=None)})
@@ -106,7 +121,7 @@ def make_pack(
         "kind": PACK_KIND,
         "format_version": PACK_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_bundle": {"name": src.manifest.name, "hash": src.bundle_hash, "path": str(src.path)},
+        "source_bundle": {"name": src.manifest.name, "hash": src.bundle_hash},  # no local path: packs travel
         "precision": precision,
         "labels": {
             **file_entry(out, LABELS_FILE).__dict__,
@@ -118,7 +133,6 @@ def make_pack(
         "manifest": manifest.to_dict(),
     }
     (out / PACK_MANIFEST).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return out
 
 
 def load_pack(folder: str | Path, verify: str | bool | None = True) -> Bundle:
@@ -155,8 +169,14 @@ def load_pack(folder: str | Path, verify: str | bool | None = True) -> Bundle:
         if isinstance(e, BundleError):
             raise
         raise BundleError(f"{path}: malformed pack manifest ({type(e).__name__}: {e})") from None
-    if len(manifest.precisions) != 1:
-        raise BundleError(f"{path}: a pack holds exactly one precision")
+    # the files are the ones a pack has, by name: a pack.json cannot point anywhere else
+    precision = meta.get("precision")
+    if list(manifest.precisions) != [precision]:
+        raise BundleError(f"{path}: a pack holds exactly one precision, the one named by 'precision'")
+    vision = manifest.precisions[precision].vision.file
+    if info.labels.file != LABELS_FILE or vision != f"vision.{precision}.onnx":
+        raise BundleError(f"{path}: a pack's files are {LABELS_FILE} and vision.{precision}.onnx")
+    check_file_names(manifest, str(path))
     bundle = Bundle(folder, manifest, info.source_bundle_hash, pack=info)
     if verify:
         bundle.verify(verify if isinstance(verify, str) else None)
@@ -166,4 +186,9 @@ def load_pack(folder: str | Path, verify: str | bool | None = True) -> Bundle:
 def pack_labels(bundle: Bundle) -> LabelEmbeddings:
     """A pack's fixed label embeddings (thresholds included when it has them)."""
     info: PackInfo = bundle.pack
-    return LabelEmbeddings.load(bundle.path / info.labels.file, bundle_hash=info.source_bundle_hash)
+    labels = LabelEmbeddings.load(bundle.path / info.labels.file, bundle_hash=info.source_bundle_hash)
+    if len(labels.labels) != info.label_count:
+        raise BundleError(
+            f"{bundle.path}: pack.json counts {info.label_count} labels, {LABELS_FILE} has {len(labels.labels)}"
+        )
+    return labels

@@ -36,7 +36,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             args.bundle, args.output, args.precision, names, templates_arg(args), embeddings, args.text_precision
         )
     except OSError as e:
-        return fail(f"{args.output}: cannot write ({e.strerror or e})")
+        return fail(f"cannot make the pack: {e.filename or args.output}: {e.strerror or e}")
     except known_errors() as e:
         return fail(str(e))
     files = sorted(p for p in out.iterdir() if p.is_file())
@@ -81,7 +81,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.label_embeddings:
             raise ValueError("calibrate embeds its labels itself: give --labels or --labels-file (or neither)")
         options = load_options(args)
-        cal = calibrate(options, args.dataset, label_names(args), templates_arg(args) or "a photo of a {}.",
+        cal = calibrate(options, args.dataset, label_names(args), templates_arg(args),
                         args.text_precision, progress)  # fmt: skip
         print(file=sys.stderr)
         cal.labels.save(args.output)

@@ -143,16 +143,17 @@ async def classify_upload(
     multi_label: bool = Form(False, description="score each label on its own against its calibrated threshold"),
 ) -> JSONResponse:
     state = state_of(request)
+    state.require_ready()  # 503 while loading: the fixed labels below are known only then
     limits = state.config.limits
     if labels is None or not labels.strip():
         if state.fixed_labels is None:
             raise ApiError(
                 400, "invalid_labels", "no labels given (only an edge pack or --label-embeddings has its own)"
             )
-        label_list = list(state.fixed_labels.labels)  # a pack's (or --label-embeddings') own labels
+        label_list = list(state.fixed_labels.labels)  # the server's own (a pack's, or --label-embeddings')
     else:
         label_list = parse_labels(labels)
-    check_labels(label_list, limits)
+        check_labels(label_list, limits)
     if template:
         validate_template(template)
     files = [f for f in files or () if f.filename or f.size]  # an HTML form's empty file field is no file

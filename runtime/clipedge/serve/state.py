@@ -25,7 +25,7 @@ from ..fetch import FetchError, fetch_url
 from ..images import ImageError, PixelBudget, safe_url
 from ..labels import LabelEmbeddings, LabelError
 from ..options import LoadOptions
-from ..templates import TemplateError
+from ..templates import TemplateError, resolve_templates
 from .batcher import Admission, DynamicBatcher, QueueFull
 from .contract import Limits
 from .errors import ApiError
@@ -103,6 +103,7 @@ class State:
         self.on_load_failed: Any = None  # set by the runner: stops the server
         self.text_pending = 0
         self.fixed_labels: LabelEmbeddings | None = None  # --label-embeddings, or an edge pack's labels
+        self.fixed_match_template = True  # the server's --template (if any) is the fixed labels' own
 
         def pool(n: int, name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
@@ -133,6 +134,13 @@ class State:
             self.fixed_labels = self.clf.load_labels(c.label_embeddings)
         elif self.clf.packed_labels is not None:
             self.fixed_labels = self.clf.packed_labels
+        if self.fixed_labels is not None and c.template is not None:
+            self.fixed_match_template = tuple(resolve_templates(c.template)) == tuple(self.fixed_labels.templates)
+            if not self.fixed_match_template and not self.clf.bundle.has_text_tower:
+                raise TemplateError(
+                    f"--template differs from this edge pack's template ({self.fixed_labels.templates[0]!r}); "
+                    "a pack cannot embed labels under another one"
+                )
         if self.clf.bundle.has_text_tower:
             self.clf.label_embeddings(["warm-up"], c.template)
         return rate
@@ -175,6 +183,10 @@ def fixed_subset(state: State, labels: list[str] | None, template: str | None, m
         LabelError: a multi-label request the fixed labels cannot answer.
     """
     fixed = state.fixed_labels
+    if fixed is not None and labels is not None and not multi_label and not state.clf.bundle.has_text_tower:  # type: ignore[union-attr]
+        unknown = [i for i, label in enumerate(labels) if label not in fixed.labels]
+        if unknown:  # a pack: by position, no request text in the message
+            raise LabelError(fixed.unknown_message(unknown[0]) + ": this model is an edge pack (no text tower)")
     if multi_label:
         if fixed is None or fixed.thresholds is None:
             raise LabelError(
@@ -185,6 +197,8 @@ def fixed_subset(state: State, labels: list[str] | None, template: str | None, m
             raise LabelError("multi-label requests use the calibrated labels' own template: send none")
         return fixed if labels is None else fixed.subset(labels)
     if fixed is None or template or labels is None or not set(labels) <= set(fixed.labels):
+        return None
+    if not state.fixed_match_template:  # --template differs from the file's: embed as the server says
         return None
     return fixed.subset(labels)
 
@@ -223,6 +237,8 @@ async def run_inference(
     finally:
         if label_task is not None and not label_task.done():
             label_task.cancel()
+        elif label_task is not None and not label_task.cancelled():
+            label_task.exception()  # retrieved: a label error after an image error is not logged as lost
     return label_emb, (clf.score_multi(emb, label_emb) if multi_label else clf.score(emb, label_emb))
 
 
