@@ -35,6 +35,28 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
     assert sum(sizes) == 15 and max(sizes) <= 8 and len(sizes) < 10  # merged, never above max_batch
 
 
+def test_lists_of_images_are_assembled_off_the_event_loop():
+    loop_thread, seen = threading.get_ident(), []
+
+    def fn(x):
+        seen.append((threading.get_ident(), x.shape))
+        time.sleep(0.02)
+        return x[:, :1, 0, 0] * 10
+
+    async def main():
+        b = DynamicBatcher(fn, ThreadPoolExecutor(1), max_batch=8)
+        b.start()
+        as_list = [np.full((1, 1, 1), i, dtype=np.float32) for i in (1, 2, 3)]  # what the endpoint submits
+        block = np.full((2, 1, 1, 1), 7, dtype=np.float32)
+        outs = await asyncio.gather(b.submit(as_list), b.submit(block), b.submit(as_list[:1]))
+        await b.stop()
+        return outs
+
+    outs = run(main())
+    assert [o[:, 0].tolist() for o in outs] == [[10, 20, 30], [70, 70], [10]]
+    assert all(tid != loop_thread for tid, _ in seen) and sum(shape[0] for _, shape in seen) == 6
+
+
 def test_admission_bounds_the_queue_by_time():
     a = Admission(max_queue_ms=1000, max_images=256, rate=50.0)
     a.admit(64)  # alone on an idle server: admitted however large
