@@ -299,7 +299,7 @@ class ZeroShotClassifier:
         if labels is None:
             if self.packed_labels is None:
                 raise LabelError("no labels given (only an edge pack has labels of its own)")
-            return self.packed_labels
+            return self._packed(self.packed_labels.labels, templates)  # all of them (a template is checked)
         if isinstance(labels, LabelEmbeddings):
             dim = self.bundle.manifest.architecture.embed_dim
             check_compatible(labels, self.bundle.bundle_hash, dim, self.precision)

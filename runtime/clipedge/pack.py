@@ -9,6 +9,7 @@ tower (new labels, `/embed/text`, `labels build`) is refused with a message that
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -86,9 +87,12 @@ def make_pack(
         raise LabelError("give the pack's labels (with templates) or label embeddings: one of the two")
     if isinstance(labels, str):
         labels = parse_labels(labels)  # "a, b", as everywhere else
-    src = load_bundle(bundle, verify=True)
+    src = load_bundle(bundle, verify=False)
     if src.pack is not None:
         raise BundleError(f"{bundle}: is already an edge pack; make packs from the full bundle")
+    src.verify(precision)  # only the files this pack takes, not every precision of the bundle
+    if labels is not None and text_precision != precision:
+        src.verify(text_precision)  # the text tower that embeds the labels
     variant = src.variant(precision)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -124,7 +128,7 @@ def _write(out: Path, src: Bundle, precision: str, variant: Any, label_embedding
         "source_bundle": {"name": src.manifest.name, "hash": src.bundle_hash},  # no local path: packs travel
         "precision": precision,
         "labels": {
-            **file_entry(out, LABELS_FILE).__dict__,
+            **dataclasses.asdict(file_entry(out, LABELS_FILE)),
             "count": len(label_embeddings.labels),
             "templates": list(label_embeddings.templates),
             "text_precision": label_embeddings.precision,

@@ -209,12 +209,6 @@ def resolve_labels(args: argparse.Namespace, clf):
             )
         return clf.load_labels(args.label_embeddings)
     names = label_names(args)
-    if names is None:
-        if clf.packed_labels is not None:  # an edge pack: its own labels
-            return (
-                clf.labels(None, templates_arg(args))
-                if not templates_arg(args)
-                else clf.labels(list(clf.packed_labels.labels), templates_arg(args))
-            )
+    if names is None and clf.packed_labels is None:  # only an edge pack has labels of its own
         raise LabelError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
     return clf.labels(names, templates_arg(args))

@@ -183,10 +183,6 @@ def fixed_subset(state: State, labels: list[str] | None, template: str | None, m
         LabelError: a multi-label request the fixed labels cannot answer.
     """
     fixed = state.fixed_labels
-    if fixed is not None and labels is not None and not multi_label and not state.clf.bundle.has_text_tower:  # type: ignore[union-attr]
-        unknown = [i for i, label in enumerate(labels) if label not in fixed.labels]
-        if unknown:  # a pack: by position, no request text in the message
-            raise LabelError(fixed.unknown_message(unknown[0]) + ": this model is an edge pack (no text tower)")
     if multi_label:
         if fixed is None or fixed.thresholds is None:
             raise LabelError(
