@@ -146,3 +146,35 @@ def test_cancelled_requests_are_dropped_and_errors_reach_every_request():
         return results
 
     assert all(isinstance(r, RuntimeError) for r in run(failing()))
+
+
+def test_labels_seen_before_do_not_wait_for_the_text_tower():
+    """32 clients sending the same labels once filled the text tower's queue (16 jobs) with cache hits and
+    got 503s; labels in the cache are now answered on the spot, and only new labels take a turn."""
+    from pathlib import Path
+
+    from clipedge.options import LoadOptions
+    from clipedge.serve.state import ServeConfig, State, run_inference
+
+    demo = Path(__file__).resolve().parent.parent / "models" / "demo"
+    red = (demo / "examples" / "red_circle.png").read_bytes()
+    state = State(ServeConfig(load=LoadOptions(bundle=str(demo), thread_pool="shared"), max_text_jobs=1))
+
+    async def main():
+        rate = state.load()
+        await state.start_decoders()
+        state.start_batcher(rate)
+        try:
+            labels = ["red circle", "blue cross"]
+            first, p1 = await run_inference(state, [red], labels, None)  # embedded on the text thread
+            state.text_pending = 1  # the text tower's queue is full from now on
+            again, p2 = await run_inference(state, [red], labels, None)
+            assert again.labels == first.labels and np.array_equal(p1, p2)
+            with pytest.raises(QueueFull, match=r"^1 text-tower jobs waiting$"):
+                await run_inference(state, [red], ["green star"], None)
+        finally:
+            assert state.batcher is not None
+            await state.batcher.stop()
+            state.shutdown()
+
+    run(main())

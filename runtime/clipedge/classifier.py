@@ -13,7 +13,7 @@ from PIL import Image
 
 from .bundle import Bundle, load_bundle
 from .encoder import ClipEncoder
-from .images import DecodePolicy, ImageError, ImageInput, decode_image, is_http_url, load_image, open_image
+from .images import DecodePolicy, ImageError, ImageInput, is_http_url, load_image
 from .labels import (
     LabelCache,
     LabelEmbeddings,
@@ -25,7 +25,7 @@ from .labels import (
     parse_labels,
     templates_key,
 )
-from .preprocess import preprocess, preprocess_batch
+from .preprocess import prepare_pixels, preprocess_batch
 from .providers import ProviderSpec
 from .templates import resolve_templates
 from .tokenizer import ClipTokenizer
@@ -164,19 +164,7 @@ class ZeroShotClassifier:
         Raises:
             ImageError: naming the input and the problem, whatever went wrong (never another exception).
         """
-        policy = policy or self.decode_policy
-        image, name = open_image(source, policy, name)
-        if policy.budget is None:
-            return self._pixels(image, name)
-        with policy.budget.hold(image.width * image.height):
-            return self._pixels(image, name)
-
-    def _pixels(self, image: Image.Image, name: str) -> np.ndarray:
-        rgb = decode_image(image, name)
-        try:
-            return preprocess(rgb, self.bundle.manifest.preprocess)
-        except Exception as e:  # e.g. a degenerate image that resizes to zero pixels
-            raise ImageError(f"{name}: cannot preprocess ({type(e).__name__}: {e})") from None
+        return prepare_pixels(source, self.bundle.manifest.preprocess, policy or self.decode_policy, name)
 
     def prepare_image(self, source: ImageInput) -> np.ndarray:
         """Alias of `prepare` (kept for callers of clipedge 0.1)."""
@@ -244,9 +232,7 @@ class ZeroShotClassifier:
         labels = check_labels(labels)
         if self.bundle.pack is not None:
             return self._packed(labels, templates)
-        tpl = resolve_templates(templates if templates is None or isinstance(templates, str) else list(templates))
-        key = (self.bundle.bundle_hash, self.precision, templates_key(tpl))
-        found = {label: self.cache.get((*key, label)) for label in dict.fromkeys(labels)}
+        tpl, key, found = self._cached(labels, templates)
         missing = [label for label, emb in found.items() if emb is None]
         if missing:
             emb = embed_label_texts(missing, tpl, self.tokenizer.encode, self.encoder.embed_token_ids)
@@ -255,6 +241,30 @@ class ZeroShotClassifier:
                 self.cache.put((*key, label), row)
         matrix = np.stack([found[label] for label in labels])
         return LabelEmbeddings(tuple(labels), tpl, matrix, self.bundle.bundle_hash, self.precision)
+
+    def cached_label_embeddings(
+        self, labels: Sequence[str], templates: str | Sequence[str] | None = None
+    ) -> LabelEmbeddings | None:
+        """`label_embeddings` when every label is in the cache already (no text-tower work: the endpoint
+        answers it without waiting for the text tower's thread), else None.
+
+        Raises:
+            LabelError, TemplateError: as `label_embeddings`.
+        """
+        labels = check_labels(labels)
+        if self.bundle.pack is not None:
+            return None
+        tpl, _, found = self._cached(labels, templates)
+        if any(emb is None for emb in found.values()):
+            return None
+        matrix = np.stack([found[label] for label in labels])
+        return LabelEmbeddings(tuple(labels), tpl, matrix, self.bundle.bundle_hash, self.precision)
+
+    def _cached(self, labels: Sequence[str], templates: str | Sequence[str] | None):
+        """(templates, cache key prefix, {label: cached embedding or None})."""
+        tpl = resolve_templates(templates if templates is None or isinstance(templates, str) else list(templates))
+        key = (self.bundle.bundle_hash, self.precision, templates_key(tpl))
+        return tpl, key, {label: self.cache.get((*key, label)) for label in dict.fromkeys(labels)}
 
     @property
     def packed_labels(self) -> LabelEmbeddings | None:

@@ -38,27 +38,42 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message names the input and the problem."""
 
 
-class PixelBudget:
-    """Pixels being decoded at once, across threads: a decode waits until its image fits the budget (an
-    image larger than the whole budget runs alone). Bounds the memory of concurrent large decodes."""
+class _Count:
+    value = 0
 
-    def __init__(self, total: int, timeout: float = 30.0):
-        self.total, self.in_use, self.timeout = total, 0, timeout
-        self._cond = threading.Condition()
+
+class PixelBudget:
+    """Pixels being decoded at once, across threads (or, made with a multiprocessing context, across the
+    processes it is handed to when they start): a decode waits until its image fits the budget (an image
+    larger than the whole budget runs alone). Bounds the memory of concurrent large decodes."""
+
+    def __init__(self, total: int, timeout: float = 30.0, context: Any = None):
+        self.total, self.timeout = total, timeout
+        if context is None:
+            self._cond: Any = threading.Condition()
+            self._used: Any = _Count()
+        else:  # shared memory and a lock the processes started with this budget all see
+            self._cond = context.Condition()
+            self._used = context.Value("q", 0, lock=False)
+
+    @property
+    def in_use(self) -> int:
+        return self._used.value
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         """Raises ImageError when the image does not get its turn within `timeout` seconds."""
+        used = self._used
         with self._cond:
-            fits = self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.total, self.timeout)
+            fits = self._cond.wait_for(lambda: used.value == 0 or used.value + pixels <= self.total, self.timeout)
             if not fits:
                 raise ImageError(f"server busy decoding large images ({pixels:,} pixels waited {self.timeout:g} s)")
-            self.in_use += pixels
+            used.value += pixels
         try:
             yield
         finally:
             with self._cond:
-                self.in_use -= pixels
+                used.value -= pixels
                 self._cond.notify_all()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .bundle import Preprocess
+from .images import DecodePolicy, ImageError, ImageInput, decode_image, open_image
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -97,3 +98,27 @@ def preprocess_batch(images: list[Image.Image], spec: Preprocess) -> np.ndarray:
         h, w = spec.crop_size
         return np.zeros((0, 3, h, w), dtype=np.float32)
     return np.stack([preprocess(im, spec) for im in images])
+
+
+def prepare_pixels(source: ImageInput, spec: Preprocess, policy: DecodePolicy, name: str | None = None) -> np.ndarray:
+    """Any input `clipedge.images` takes -> pixel_values float32 [3, crop_h, crop_w]: open (caps checked),
+    decode under the policy's pixel budget, preprocess. The one path from an image to a tower's input,
+    whether it runs in the caller's thread (`ZeroShotClassifier.prepare`) or in a decoding process
+    (`clipedge.decoders`).
+
+    Raises:
+        ImageError: naming the input and the problem, whatever went wrong (never another exception).
+    """
+    image, name = open_image(source, policy, name)
+    if policy.budget is None:
+        return _pixels(image, spec, name)
+    with policy.budget.hold(image.width * image.height):
+        return _pixels(image, spec, name)
+
+
+def _pixels(image: Image.Image, spec: Preprocess, name: str) -> np.ndarray:
+    rgb = decode_image(image, name)
+    try:
+        return preprocess(rgb, spec)
+    except Exception as e:  # e.g. a degenerate image that resizes to zero pixels
+        raise ImageError(f"{name}: cannot preprocess ({type(e).__name__}: {e})") from None

@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         template=args.template,
         label_embeddings=args.label_embeddings,
         pixel_budget=args.pixel_budget,
+        **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
         client_timeout=args.client_timeout,
     )
     error = run_server(config, args.host, args.port, args.drain_seconds)
@@ -85,6 +86,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pixel-budget", type=positive_int, default=100_000_000,
                    help="pixels being decoded at once, across requests (default 100 million)")  # fmt: skip
+    p.add_argument("--decode-workers", type=positive_int, default=None,
+                   help="processes decoding and preprocessing images (default one per core, at most 4; "
+                        "about 40 MB each)")  # fmt: skip
     p.add_argument("--client-timeout", type=positive_float, default=10.0,
                    help="seconds for a request's headers, and for each gap in its body (default 10)")  # fmt: skip
     add_url_args(p)

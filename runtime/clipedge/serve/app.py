@@ -277,7 +277,7 @@ async def on_queue_full(request: Request, e: QueueFull) -> JSONResponse:
     headers = {"Retry-After": str(e.retry_after)}
     if not hasattr(request, "_body") and request.method == "POST":
         headers["Connection"] = "close"  # refused before its body was read: never drain a body for nothing
-    return _reply(request, 503, "queue_full", f"server busy: {e}; retry shortly", headers=headers)
+    return _reply(request, 503, "queue_full", e.public_message(), headers=headers)
 
 
 async def on_client_gone(request: Request, e: Exception) -> Response:
@@ -315,6 +315,7 @@ async def lifespan(app: FastAPI):
     async def load() -> None:
         try:
             rate = await loop.run_in_executor(state.infer_pool, state.load)
+            await state.start_decoders()
         except Exception as e:  # one line, no traceback, no absolute paths; the runner exits non-zero
             state.load_error = load_failure(e)
             log.error("model failed to load: %s", state.load_error)

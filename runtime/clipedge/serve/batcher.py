@@ -35,6 +35,9 @@ class QueueFull(Exception):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def public_message(self) -> str:
+        return f"server busy: {self}; retry shortly"
+
 
 class Admission:
     """Images admitted and not yet finished, against a time budget at the measured cost per image.

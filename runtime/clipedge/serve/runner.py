@@ -5,23 +5,21 @@
 - a model that cannot load stops the server: exit status 1 with a one-line reason (no idling "loading");
 - request heads within `client_timeout` (clipedge.serve.protocol);
 - freed memory returned to the system (glibc keeps large freed blocks otherwise: after eight 49-megapixel
-  decodes the process stayed at 1.1 GB).
+  decodes the process stayed at 1.1 GB); the decoding processes do the same.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 
 import uvicorn
 
+from ..decoders import return_freed_memory
 from .app import create_guarded_app
 from .protocol import protocol_class
 from .state import ServeConfig
 
 log = logging.getLogger("clipedge.serve")
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
 class DrainingServer(uvicorn.Server):
@@ -34,19 +32,6 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
         # uvicorn re-raises the signal after its shutdown (exit status -15); a completed drain exits 0 instead
         self._captured_signals.clear()
-
-
-def return_freed_memory() -> None:
-    """Large allocations (decoded images) are mapped and unmapped, not kept in glibc's heap (fixed
-    thresholds turn off glibc's adaptive ones). No effect where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-            libc.mallopt(M_TRIM_THRESHOLD, 8 << 20)
-    except OSError:
-        pass
 
 
 def run_server(

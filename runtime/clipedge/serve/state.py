@@ -2,9 +2,11 @@
 one path every scoring route takes: admit, embed the labels, fetch and prepare the images, run the vision
 tower through the batcher, score and format with the classifier's stages.
 
-Pools: URL fetches wait on remote servers, so they get a pool of their own (`fetch_workers` threads) and
-never hold the threads that decode other clients' images (`decode_workers`); the vision tower runs on one
-inference thread, the text tower on another. A pixel budget bounds the pixels being decoded at once.
+Pools: images are decoded and preprocessed in `decode_workers` processes (`clipedge.decoders`: the event
+loop then never waits for the interpreter lock behind decoding, and answers probes and refusals at once);
+URL fetches wait on remote servers, so they get threads of their own (`fetch_workers`) and never hold
+what decodes other clients' images; the vision tower runs on one inference thread, the text tower on
+another. A pixel budget, shared by the decoding processes, bounds the pixels being decoded at once.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..classifier import ZeroShotClassifier, is_url
+from ..decoders import DecodeProcesses, DecoderCrashed
 from ..fetch import FetchError, fetch_url
-from ..images import ImageError, PixelBudget, safe_url
+from ..images import ImageError, safe_url
 from ..labels import LabelEmbeddings, LabelError
 from ..options import LoadOptions
 from ..templates import TemplateError, resolve_templates
@@ -49,7 +52,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
-    decode_workers: int = 4
+    # processes decoding and preprocessing images (about 40 MB each at rest): one per core, at most 4
+    decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     fetch_workers: int = 32
     pixel_budget: int = 100_000_000  # pixels decoding at once, across requests
     template: str | None = None
@@ -108,13 +112,13 @@ class State:
         def pool(n: int, name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
 
-        self.decode_pool = pool(config.decode_workers, "clipedge-decode")
+        self.decoders: DecodeProcesses | None = None  # started after the model loads (`start_decoders`)
         self.fetch_pool = pool(config.fetch_workers, "clipedge-fetch")
         self.infer_pool = pool(1, "clipedge-vision")  # ONNX Runtime's threads start here and inherit its priority
         self.text_pool = pool(1, "clipedge-text")
         self.parse_pool = pool(2, "clipedge-json")
         # no file paths from the network: base64 or URLs only; messages never repeat the caller's strings
-        self.policy = replace(config.load.decode_policy(untrusted=True), budget=PixelBudget(config.pixel_budget))
+        self.policy = config.load.decode_policy(untrusted=True)
 
     def load(self) -> float:
         """Load and warm up (runs on the inference thread). Returns the tower's images/s at max_batch."""
@@ -145,10 +149,20 @@ class State:
             self.clf.label_embeddings(["warm-up"], c.template)
         return rate
 
+    async def start_decoders(self) -> None:
+        """Start the decoding processes (from the event loop's thread, which lives as long as the server:
+        the workers end with it) and wait until each has started."""
+        assert self.clf is not None
+        c = self.config
+        policy = replace(self.policy, draft=self.clf.decode_policy.draft)  # --fast-jpeg applies here too
+        self.decoders = DecodeProcesses(c.decode_workers, policy, self.clf.bundle.manifest.preprocess, c.pixel_budget)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in self.decoders.start()))
+
     def start_batcher(self, rate: float) -> None:
         assert self.clf is not None
         c, clf = self.config, self.clf
-        self.admission = Admission(c.max_queue_ms, c.max_queue, rate, cores=min(c.decode_workers, os.cpu_count() or 1))
+        cores = min(c.decode_workers, os.cpu_count() or 1)
+        self.admission = Admission(c.max_queue_ms, c.max_queue, rate, cores=cores)
         admission = self.admission
 
         def on_batch(size: int, seconds: float) -> None:
@@ -171,8 +185,10 @@ class State:
         return self.clf, self.batcher, self.admission
 
     def shutdown(self) -> None:
-        for pool in (self.decode_pool, self.fetch_pool, self.infer_pool, self.text_pool, self.parse_pool):
+        for pool in (self.fetch_pool, self.infer_pool, self.text_pool, self.parse_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.decoders is not None:
+            self.decoders.shutdown()
 
 
 def fixed_subset(state: State, labels: list[str] | None, template: str | None, multi_label: bool):
@@ -220,9 +236,17 @@ async def run_inference(
     if fixed is not None:
         label_task = asyncio.ensure_future(asyncio.sleep(0, fixed))
     elif labels is not None:
-        label_task = asyncio.ensure_future(text_work(state, clf.labels, labels, template or state.config.template))
+        templates = template or state.config.template
+        try:  # labels seen before need no turn on the text tower's thread
+            cached = clf.cached_label_embeddings(labels, templates)
+        except (LabelError, TemplateError):
+            cached = None  # reported in its turn, after the images (as when it is embedded)
+        if cached is not None:
+            label_task = asyncio.ensure_future(asyncio.sleep(0, cached))
+        else:
+            label_task = asyncio.ensure_future(text_work(state, clf.labels, labels, templates))
     try:
-        pixels = await _prepare_all(state, clf, images)
+        pixels = await _prepare_all(state, images)
         emb = await batcher.submit(pixels)
         state.metrics.images.inc(len(pixels))
         if label_task is None:
@@ -242,7 +266,7 @@ async def text_work(state: State, fn: Any, *args: Any) -> Any:
     """Run `fn` on the text tower's thread, refusing (503) when too many text jobs already wait: label
     work is not counted in images, so it has a queue bound of its own."""
     if state.text_pending >= state.config.max_text_jobs:
-        raise QueueFull(f"{state.text_pending} text-tower jobs waiting; retry shortly")
+        raise QueueFull(f"{state.text_pending} text-tower jobs waiting")
     state.text_pending += 1
     try:
         return await asyncio.get_running_loop().run_in_executor(state.text_pool, fn, *args)
@@ -250,42 +274,50 @@ async def text_work(state: State, fn: Any, *args: Any) -> Any:
         state.text_pending -= 1
 
 
-async def _prepare_all(state: State, clf: ZeroShotClassifier, sources: list[Any]) -> list[np.ndarray]:
+async def _prepare_all(state: State, sources: list[Any]) -> list[np.ndarray]:
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + state.policy.fetch.timeout  # one deadline for every URL of the request
     fetches = asyncio.Semaphore(FETCHES_PER_REQUEST)  # one request cannot take every fetch thread
-    admission = state.admission
+    admission, decoders = state.admission, state.decoders
+    assert decoders is not None
 
-    def prepare(src: Any, name: str | None) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            return clf.prepare(src, state.policy, name)
-        finally:
+    async def decode(indices: range | list[int], srcs: list[Any], names: list[str | None]) -> None:
+        for i, (result, seconds) in zip(indices, await decoders.prepare(srcs, names), strict=True):
+            results[i] = result
             if admission is not None:
-                admission.observe_decode(time.perf_counter() - t0)
+                admission.observe_decode(seconds)
 
-    async def one(src: Any) -> np.ndarray:
-        name = None
-        if is_url(src):
-            name = safe_url(src)
-            async with fetches:
-                try:
-                    src = await loop.run_in_executor(
-                        state.fetch_pool, fetch_url, src.strip(), state.policy.fetch, deadline
-                    )
-                except FetchError as e:
-                    raise ImageError(f"{name}: {e}") from None
-        return await loop.run_in_executor(state.decode_pool, prepare, src, name)
+    async def fetch_and_decode(i: int, url: str) -> None:
+        name = safe_url(url)
+        async with fetches:
+            try:
+                data = await loop.run_in_executor(
+                    state.fetch_pool, fetch_url, url.strip(), state.policy.fetch, deadline
+                )
+            except FetchError as e:
+                results[i] = ImageError(f"{name}: {e}")
+                return
+        await decode([i], [data], [name])
 
-    tasks = [asyncio.ensure_future(one(s)) for s in sources]
+    results: list[Any] = [None] * len(sources)
+    urls = [i for i, s in enumerate(sources) if is_url(s)]
+    inline = [i for i, s in enumerate(sources) if not is_url(s)]
+    jobs = [fetch_and_decode(i, sources[i]) for i in urls]
+    for part in decoders.chunks(len(inline)):
+        indices = [inline[k] for k in part]
+        jobs.append(decode(indices, [sources[i] for i in indices], [None] * len(indices)))
+    tasks = [asyncio.ensure_future(j) for j in jobs]
     try:
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for t in tasks:
             t.cancel()
     for i, r in enumerate(results):
         if isinstance(r, ImageError):
             raise ApiError(400, "invalid_image", f"{IMAGE_ERROR} ({r})", row=i)
+    for r in outcomes:
+        if isinstance(r, DecoderCrashed):
+            raise ApiError(503, "decoder_restarted", str(r), headers={"Retry-After": "1"})
         if isinstance(r, BaseException):
             raise r
     return results  # type: ignore[return-value]  # stacked by the batcher, off the event loop
