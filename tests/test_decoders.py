@@ -10,6 +10,8 @@ import io
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,6 +154,35 @@ def test_a_dead_worker_fails_its_images_and_is_replaced():
             decoders.shutdown()
 
     run(main())
+
+
+SCRIPT = """
+import asyncio
+print("TOP", flush=True)  # no `if __name__ == "__main__":` guard, as many serving scripts are written
+from clipedge.bundle import load_bundle
+from clipedge.decoders import DecodeProcesses
+from clipedge.images import DecodePolicy
+
+spec = load_bundle(DEMO, verify=False).manifest.preprocess
+decoders = DecodeProcesses(2, DecodePolicy(allow_paths=False), spec, 10**8)
+[f.result(60) for f in decoders.start()]
+[(pixels, _)] = asyncio.run(decoders.prepare([open(IMAGE, "rb").read()]))
+print("OK", type(pixels).__name__, flush=True)
+decoders.shutdown()
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_workers_do_not_run_the_callers_main_module(tmp_path, how):
+    """spawn imports the parent's __main__ in every worker by default: a serving script without a main
+    guard would run again in each, and code from stdin cannot be imported at all (BrokenProcessPool)."""
+    code = SCRIPT.replace("DEMO", repr(str(DEMO))).replace("IMAGE", repr(str(DEMO / "examples" / "red_circle.png")))
+    script = tmp_path / "serve_it.py"
+    script.write_text(code)
+    cmd, stdin = ([sys.executable, str(script)], None) if how == "script" else ([sys.executable, "-"], code)
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["TOP", "OK", "ndarray"], out.stdout
 
 
 # -- against a real server -------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ import ctypes.util
 import multiprocessing
 import os
 import signal
+import sys
 import time
+import types
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Preprocess
+from .fetch import FetchPolicy
 from .images import DecodePolicy, ImageError, PixelBudget
 from .preprocess import prepare_pixels
 
@@ -51,6 +55,21 @@ def return_freed_memory() -> None:
             libc.mallopt(M_TRIM_THRESHOLD, 8 << 20)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def _without_main() -> Iterator[None]:
+    """Processes started meanwhile do not import the parent's __main__ (spawn does by default, to find
+    functions defined there): a script serving the app without an `if __name__ == "__main__":` guard
+    would run again in every worker, and code from stdin or a notebook cannot be imported at all. The
+    workers need only clipedge's own modules."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 # the worker process's own settings, set by `_start_worker` when the process starts (never at import)
@@ -95,7 +114,7 @@ class DecodeProcesses:
     def __init__(self, workers: int, policy: DecodePolicy, spec: Preprocess, pixel_budget: int, nice: int = 5):
         self.workers, self.spec, self.nice = workers, spec, nice
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-        self._policy = replace(policy, budget=None)
+        self._policy = replace(policy, budget=None, fetch=FetchPolicy())  # workers never fetch: URLs come as bytes
         self._pixel_budget = pixel_budget
         self._pool: ProcessPoolExecutor | None = None
         self._start_pool()
@@ -110,10 +129,12 @@ class DecodeProcesses:
         )
 
     def start(self) -> list[Future]:
-        """Start every worker now (they start on demand otherwise): futures of their process ids. Call it
-        from a thread that lives as long as the process (workers end with the thread that started them)."""
+        """Start every worker process now: futures that resolve once workers answer (with their ids).
+        Call it from a thread that lives as long as the process (workers end with the thread that
+        started them); a pool started again after a worker died is started here too."""
         assert self._pool is not None
-        return [self._pool.submit(_ready) for _ in range(self.workers)]
+        with _without_main():  # one submit per idle slot starts one process (spawn: never more, never later)
+            return [self._pool.submit(_ready) for _ in range(self.workers)]
 
     def pids(self) -> list[int]:
         """The worker processes' ids (for memory figures)."""
@@ -151,7 +172,10 @@ class DecodeProcesses:
         if pool is not None and getattr(pool, "_broken", False):
             pool.shutdown(wait=False, cancel_futures=True)
             self._start_pool()
+            self.start()
 
     def shutdown(self) -> None:
+        """Stop the workers: queued work is dropped, a chunk being decoded finishes (a worker still
+        starting would otherwise fail to read what it was handed)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -151,7 +151,7 @@ class State:
 
     async def start_decoders(self) -> None:
         """Start the decoding processes (from the event loop's thread, which lives as long as the server:
-        the workers end with it) and wait until each has started."""
+        the workers end with it) and wait until they answer."""
         assert self.clf is not None
         c = self.config
         policy = replace(self.policy, draft=self.clf.decode_policy.draft)  # --fast-jpeg applies here too
