@@ -151,13 +151,18 @@ class DecodeProcesses:
         Raises:
             DecoderCrashed: a worker died meanwhile (the pool is started again).
         """
-        self._restart()  # if a worker died since the last call
-        assert self._pool is not None
         names = names or [None] * len(sources)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _prepare, sources, names)
+            self._restart()  # if a worker died since the last call
+            assert self._pool is not None
+            future = asyncio.get_running_loop().run_in_executor(self._pool, _prepare, sources, names)
+        except (BrokenProcessPool, OSError, RuntimeError):  # no process could start, or shutting down
+            raise DecoderCrashed("image decoders are restarting; retry shortly") from None
+        try:
+            return await future
         except BrokenProcessPool:
-            self._restart()
+            with contextlib.suppress(OSError, RuntimeError):
+                self._restart()
             raise DecoderCrashed("an image decoder stopped unexpectedly; retry shortly") from None
 
     def chunks(self, n: int, most: int = 16) -> list[range]:
@@ -174,8 +179,17 @@ class DecodeProcesses:
             self._start_pool()
             self.start()
 
-    def shutdown(self) -> None:
-        """Stop the workers: queued work is dropped, a chunk being decoded finishes (a worker still
-        starting would otherwise fail to read what it was handed)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Stop the workers: queued work is dropped; work already handed to a worker gets `grace` seconds
+        (together) to finish, then its process is terminated (a worker still starting up would otherwise
+        fail to read what it was handed, and a long queue would hold the caller)."""
+        pool = self._pool
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()

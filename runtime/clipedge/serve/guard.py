@@ -7,10 +7,10 @@
   so does `GET /ui`, a static page with no data that asks for the key itself: see ui.py);
 - the body cap (413, from Content-Length or while streaming, even when a form parser would have turned the
   failure into a 400);
-- overload: a request for image work is refused here (503, `Retry-After`, before its body is read) when
-  the admitted work is already over the time budget, as the route itself would refuse it (`read_json`,
-  `infer`), without the cost of FastAPI's layers: under a crowd of retries, each refusal's cost is what
-  the last one waits for;
+- overload: a JSON request for image work is refused here (503, `Retry-After`, before its body is read)
+  when the admitted work is already over the time budget, exactly as `read_json` would refuse it, without
+  the cost of FastAPI's layers: under a crowd of retries, each refusal's cost is what the last one waits
+  for;
 - slow bodies: each part must arrive within `client_timeout` of the previous one, and the body must average
   `min_body_rate` after its first `client_timeout` seconds (408; headers are bounded by
   `clipedge.serve.protocol`);
@@ -32,7 +32,7 @@ from .errors import error_bytes
 
 ROUTES = ("/", "/score", "/invocations", "/classify", "/embed/image", "/embed/text", "/health", "/ready", "/metrics")
 OPEN_ROUTES = ("/", "/health", "/ready", "/ui")  # probes and the static try-it page; GET/HEAD only (_open)
-IMAGE_ROUTES = ("/", "/score", "/invocations", "/classify", "/embed/image")  # POST: work for the vision tower
+JSON_IMAGE_ROUTES = ("/", "/score", "/invocations", "/embed/image")  # POST: refused as `read_json` would
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,100}$")
 
 
@@ -143,7 +143,12 @@ class Guard:
             await x.reply(413, "body_too_large", self._too_large(), {"connection": "close"})
             return
         admission = self.clipedge.admission
-        if admission is not None and x.path in IMAGE_ROUTES and x.scope.get("method") == "POST":
+        if (
+            self.clipedge.ready
+            and admission is not None
+            and x.path in JSON_IMAGE_ROUTES
+            and x.scope.get("method") == "POST"
+        ):
             try:
                 admission.check()
             except QueueFull as e:

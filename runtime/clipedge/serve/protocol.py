@@ -1,39 +1,33 @@
-"""uvicorn's httptools protocol with a deadline for request heads: a connection must deliver a complete
-request line and headers within `header_timeout` seconds of opening, or of the first byte of a keep-alive
+"""uvicorn's h11 protocol with a deadline for request heads: a connection must deliver a complete request
+line and headers within `header_timeout` seconds of opening, or of the first byte of a keep-alive
 request, else it gets 408 and is closed. uvicorn itself bounds only the idle time between requests, so a
-client dripping one header byte at a time would hold a connection (and its memory) forever.
-
-httptools (llhttp, in C) rather than h11 (pure Python): under overload the event loop answers crowds of
-refusals one after another, and the parser is a large part of each (docs/benchmarks.md, "Overload")."""
+client dripping one header byte at a time would hold a connection (and its memory) forever."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import error_bytes
 
 
-class HeaderTimeoutProtocol(HttpToolsProtocol):
+class HeaderTimeoutProtocol(H11Protocol):
     header_timeout: float = 10.0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head = True  # no complete request head yet
         self._arm()
 
-    def on_message_begin(self) -> None:  # the first byte of a request (the next one, on keep-alive)
-        super().on_message_begin()
-        self._in_head = True
-        self._arm()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._disarm()
-        super().on_headers_complete()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm()  # a request head has started but is not complete
+        else:
+            self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -50,7 +44,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def _expired(self) -> None:
         self._head_timer = None
-        if not self._in_head or self.transport.is_closing():
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
             return
         body = error_bytes(
             "/", 408, "request_timeout", f"request headers not received within {self.header_timeout:g} s"
@@ -64,4 +58,4 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
 
 def protocol_class(header_timeout: float) -> type[HeaderTimeoutProtocol]:
-    return type("ClipedgeHttpToolsProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
+    return type("ClipedgeH11Protocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
