@@ -239,8 +239,7 @@ class ZeroShotClassifier:
             for label, row in zip(missing, emb, strict=True):
                 found[label] = row
                 self.cache.put((*key, label), row)
-        matrix = np.stack([found[label] for label in labels])
-        return LabelEmbeddings(tuple(labels), tpl, matrix, self.bundle.bundle_hash, self.precision)
+        return self._label_set(labels, tpl, found)
 
     def cached_label_embeddings(
         self, labels: Sequence[str], templates: str | Sequence[str] | None = None
@@ -257,6 +256,9 @@ class ZeroShotClassifier:
         tpl, _, found = self._cached(labels, templates)
         if any(emb is None for emb in found.values()):
             return None
+        return self._label_set(labels, tpl, found)
+
+    def _label_set(self, labels: Sequence[str], tpl: tuple[str, ...], found: dict[str, Any]) -> LabelEmbeddings:
         matrix = np.stack([found[label] for label in labels])
         return LabelEmbeddings(tuple(labels), tpl, matrix, self.bundle.bundle_hash, self.precision)
 
