@@ -45,9 +45,9 @@ def write_jpegs(folder: Path, n: int, sizes=SIZES, seed: int = 0) -> None:
 
 def offline(bundle: str, precision: str) -> tuple[float, str]:
     """The tower's images/s on preprocessed tensors (the engine directly: no decoding), and what ran."""
-    from clipedge import LoadOptions
+    from clipedge import LoadOptions, ZeroShotClassifier
 
-    clf = LoadOptions(bundle, precision=precision, provider="cpu", thread_pool="shared").load()
+    clf = ZeroShotClassifier.load(LoadOptions(bundle, precision=precision, provider="cpu", thread_pool="shared"))
     h, w = clf.bundle.manifest.preprocess.crop_size
     best = 0.0
     for b in (16, 32):

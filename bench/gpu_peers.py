@@ -26,6 +26,7 @@ def contenders(bundle: str, checkpoint: str, tensorrt: bool) -> tuple[dict, dict
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "export"))
     from clipedge.bundle import load_bundle
+    from clipedge.options import LoadOptions
     from clipedge.providers import create_session
     from clipedge_export import source as src
     from clipedge_export.towers import VisionTower
@@ -57,7 +58,7 @@ def contenders(bundle: str, checkpoint: str, tensorrt: bool) -> tuple[dict, dict
     for prov in providers:
         name = f"clipedge ort {prov} fp16 iobinding"
         try:
-            session = create_session(b.tower_path("fp16", "vision"), prov, strict=True)
+            session = create_session(b.tower_path("fp16", "vision"), LoadOptions(provider=prov))
         except Exception as e:
             skipped[name] = str(e)
             continue

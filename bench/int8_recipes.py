@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import onnxruntime as ort
     from clipedge.bundle import load_bundle
-    from clipedge.classifier import load_images
-    from clipedge.encoder import l2_normalise
     from clipedge.evaluate import image_folder
+    from clipedge.images import load_image
     from clipedge.preprocess import preprocess_batch
+    from clipedge.scoring import l2_normalise
     from clipedge.tokenizer import ClipTokenizer
 
     from .timing import time_runs
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     bundle = load_bundle(args.bundle)
     m = bundle.manifest
     classes, paths, targets = image_folder(args.dataset)
-    pixels = preprocess_batch(load_images(paths), m.preprocess)  # type: ignore[arg-type]
+    pixels = preprocess_batch([load_image(p) for p in paths], m.preprocess)
     tok = ClipTokenizer(bundle.path / m.tokenizer.file, m.tokenizer)
     ids = tok.encode([f"a photo of a {c}." for c in classes])
 

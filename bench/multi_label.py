@@ -19,6 +19,7 @@ from pathlib import Path
 
 from clipedge.bundle import load_bundle
 from clipedge.calibrate import calibrate, multi_label_figures
+from clipedge.classifier import ZeroShotClassifier
 from clipedge.options import LoadOptions
 from clipedge_export.shapes import CLASSES, write_image_folder
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
         for precision in load_bundle(args.bundle, verify=False).manifest.precisions:
             options = LoadOptions(args.bundle, precision=precision, provider="cpu", engine="onnxruntime")
             fitted = calibrate(options, cal_set, labels)
-            figures = multi_label_figures(options.load(), fitted.labels, eval_set)
+            figures = multi_label_figures(ZeroShotClassifier.load(options), fitted.labels, eval_set)
             rows.append({"precision": precision, "calibration_f1_min": min(fitted.f1.values()), **figures})
             print(json.dumps(rows[-1]))
     result = {

@@ -65,11 +65,12 @@ def openvino_providers() -> list:
 
 def ort_session(path: str, provider: str, threads: int | None, pool: str):
     """A session on `provider` (cpu, cuda, tensorrt: clipedge's own path; openvino: the plugin EP)."""
+    from clipedge.options import LoadOptions
     from clipedge.providers import create_session
     from clipedge.threads import session_options
 
     if provider != "openvino":
-        return create_session(path, provider, threads, strict=True, pool=pool)
+        return create_session(path, LoadOptions(provider=provider, threads=threads, thread_pool=pool))
     import onnxruntime as ort
 
     devices = [d for d in openvino_providers() if str(d.device.type).endswith("CPU")]
@@ -234,7 +235,9 @@ def cold(args) -> dict:
         from clipedge import ZeroShotClassifier
 
         imported = time.perf_counter()
-        clf = ZeroShotClassifier.load(args.bundle, args.precision, args.provider, args.threads, thread_pool=args.pool)
+        clf = ZeroShotClassifier.load(
+            args.bundle, args.precision, args.provider, threads=args.threads, thread_pool=args.pool
+        )
         loaded = time.perf_counter()
         probs = clf.classify([args.image], labels)[0]["probs"]
     done = time.perf_counter()

@@ -96,7 +96,7 @@ def test_pandas3_notebook_files_have_no_labels(tmp_path, rows_of_images, capsys)
     err = capsys.readouterr().err
     lines = err.splitlines()
     for name in ("0batch_input.csv", "10batch_input.csv"):  # one clear line per file, not one per row
-        line = f"clipedge: {name}: no labels in the first row's text, and no --labels given"
+        line = f"clipedge: {name}: no labels in the first row's text, and no labels given"
         assert sum(x.startswith(line) for x in lines) == 1, err
     df = read_predictions(out)
     assert len(df) == 12 and df["preds"].isna().all() and (df["labels"] == "[]").all()

@@ -194,10 +194,13 @@ def test_label_embeddings_from_another_bundle_are_refused(tiny_bundle, tmp_path,
     args = ["classify", str(EXAMPLES[0]), "-m", str(DEMO), "--label-embeddings", str(tmp_path / "other.npz")]
     assert main(args) == 2
     fp32_labels = ZeroShotClassifier.load(DEMO, "fp32", "cpu").label_embeddings(["red circle", "blue cross"])
-    with caplog.at_level("WARNING", logger="clipedge"):  # fp32 text with the int8 image tower: allowed, said
+    with caplog.at_level("WARNING", logger="clipedge"):  # fp32 text with the int8 image tower: the default pairing
         res = demo.classify([EXAMPLES[-2]], fp32_labels)
-    assert "computed with the fp32 text tower; the image tower runs in int8" in caplog.text
-    assert np.argmax(res[0]["probs"]) == 0
+    assert "text tower" not in caplog.text and np.argmax(res[0]["probs"]) == 0
+    static = ZeroShotClassifier.load(DEMO, "int8-static", "cpu", engine="onnxruntime")
+    with caplog.at_level("WARNING", logger="clipedge"):  # another choice the user made: allowed, said
+        res = demo.classify([EXAMPLES[-2]], static.label_embeddings(["red circle", "blue cross"]))
+    assert "computed with the int8-static text tower; the image tower runs in int8" in caplog.text
 
 
 def test_no_model_outside_a_checkout_says_what_to_pass(tmp_path):

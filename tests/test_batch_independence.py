@@ -56,7 +56,7 @@ def test_the_test_can_fail_without_it(images):
 
 @pytest.mark.parametrize("precision, engine", ENGINES)
 def test_a_label_alone_or_with_others(precision, engine):
-    clf = ZeroShotClassifier.load(DEMO, precision, "cpu", cache_size=0, engine=engine)
+    clf = ZeroShotClassifier.load(DEMO, precision, "cpu", label_cache_size=0, engine=engine)
     alone = clf.embed_texts(["a photo of a green star"])[0]
     crowd = ["x" * 40, "a photo of a green star", "red", "a long label about many purple circles and crosses"]
     together = clf.embed_texts(crowd)[1]

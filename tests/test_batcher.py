@@ -166,12 +166,12 @@ def test_labels_seen_before_do_not_wait_for_the_text_tower():
         state.start_batcher(rate)
         try:
             labels = ["red circle", "blue cross"]
-            first, p1 = await run_inference(state, [red], labels, None)  # embedded on the text thread
+            first, p1 = await run_inference(state, [red], state.label_request(labels, None))  # on the text thread
             state.text_pending = 1  # the text tower's queue is full from now on
-            again, p2 = await run_inference(state, [red], labels, None)
+            again, p2 = await run_inference(state, [red], state.label_request(labels, None))
             assert again.labels == first.labels and np.array_equal(p1, p2)
             with pytest.raises(QueueFull, match=r"^1 text-tower jobs waiting$"):
-                await run_inference(state, [red], ["green star"], None)
+                await run_inference(state, [red], state.label_request(["green star"], None))
         finally:
             assert state.batcher is not None
             await state.batcher.stop()

@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clipedge import ImageError, LabelEmbeddings, ProviderError, ZeroShotClassifier
-from clipedge.classifier import softmax
 from clipedge.labels import LabelFileError, parse_labels
+from clipedge.options import LoadOptions
+from clipedge.scoring import softmax
 from clipedge.templates import OPENAI_IMAGENET, resolve_templates
 from PIL import Image
 
@@ -157,10 +158,10 @@ def test_providers(tiny_bundle, monkeypatch, caplog):
         providers.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     with pytest.raises(ProviderError, match="requested CUDAExecutionProvider is not in effect"):
-        providers.create_session(tiny_bundle / "vision.fp32.onnx", "cuda")
+        providers.create_session(tiny_bundle / "vision.fp32.onnx", LoadOptions(provider="cuda"))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="clipedge"):
-        providers.create_session(tiny_bundle / "vision.fp32.onnx", "cuda", strict=False)
+        providers.create_session(tiny_bundle / "vision.fp32.onnx", LoadOptions(provider="cuda", strict=False))
     assert "not in effect" in caplog.text
     # precision "auto" is chosen for the provider in effect: int8 on the CPU, never CUDA's fp16
     auto = ZeroShotClassifier.load(tiny_bundle, provider="auto", engine="onnxruntime")
@@ -192,6 +193,7 @@ def test_thread_pools_in_fresh_processes(tiny_bundle):
 
     code = f"""
 import numpy as np, onnxruntime as ort
+from clipedge.options import LoadOptions
 from clipedge import ZeroShotClassifier
 from clipedge.providers import create_session
 img = "models/demo/examples/red_circle.png"
@@ -200,7 +202,7 @@ pa = a.classify([img], ["red", "blue"])[0]["probs"]
 ort.InferenceSession({str(tiny_bundle / "vision.fp32.onnx")!r}, providers=["CPUExecutionProvider"])
 b = ZeroShotClassifier.load({str(tiny_bundle)!r}, "fp32", "cpu", threads=1, thread_pool="shared")
 pb = b.classify([img], ["red", "blue"])[0]["probs"]
-late = create_session({str(tiny_bundle / "text.fp32.onnx")!r}, "cpu", pool="session")  # joins the shared pool
+late = create_session({str(tiny_bundle / "text.fp32.onnx")!r}, LoadOptions(provider="cpu"))  # joins the shared pool
 assert np.allclose(pa, pb, atol=1e-6), (pa, pb)
 print("ok")
 """

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from clipedge.bundle import load_bundle, sha256_file
 from clipedge.cli import main
+from clipedge.options import LoadOptions
 from clipedge.providers import create_session
 
 
@@ -35,6 +36,7 @@ def test_tiny_bundle_contents(tiny_bundle):
         assert m["precisions"]["fp16"]["fusions"][tower]["SkipLayerNormalization"] >= 3
     assert m["precisions"]["int8"]["fusions"]["vision"].get("ConvInteger", 0) == 0  # patch Conv kept float
     assert m["source"]["kind"] == "local" and m["source"]["weights"][0]["file"] == "model.safetensors"
+    assert m["source"]["id"] == "tiny"  # the checkpoint folder's name, never a local path (bundles travel)
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["tools"])
     assert not _leftovers(tiny_bundle.parent)
     assert m["format_version"] == 2
@@ -83,7 +85,7 @@ def test_old_bundles_still_load(tiny_bundle, tmp_path):
 
 def test_fp16_keeps_float32_io(tiny_bundle):
     for tower in ("vision", "text"):
-        s = create_session(tiny_bundle / f"{tower}.fp16.onnx", "cpu")
+        s = create_session(tiny_bundle / f"{tower}.fp16.onnx", LoadOptions(provider="cpu"))
         assert s.get_outputs()[0].type == "tensor(float)"
         if tower == "vision":
             assert s.get_inputs()[0].type == "tensor(float)"
@@ -104,8 +106,8 @@ def test_text_pooling_matches_transformers(tmp_path, eos_token_id):
     assert model.config.text_config.eos_token_id == eos_token_id
     tok = CLIPTokenizer.from_pretrained(str(ckpt))
     texts = ["a photo of a cat", "a dog", "", "an aerial photograph of a small red house near a river"]
-    session = create_session(tmp_path / "b" / "text.fp32.onnx", "cpu")
-    fp16 = create_session(tmp_path / "b" / "text.fp16.onnx", "cpu")
+    session = create_session(tmp_path / "b" / "text.fp32.onnx", LoadOptions(provider="cpu"))
+    fp16 = create_session(tmp_path / "b" / "text.fp16.onnx", LoadOptions(provider="cpu"))
     for padding in ("longest", "max_length"):
         ids = tok(texts, padding=padding, max_length=77, return_tensors="np")["input_ids"].astype(np.int64)
         assert ids.max() == 49407 and (ids[:, -1] == 49407).all()

@@ -12,9 +12,11 @@ from clipedge import ZeroShotClassifier
 from clipedge.bundle import BundleError
 from clipedge.calibrate import calibrate, fit_threshold, multi_label_figures
 from clipedge.cli import main
+from clipedge.label_rules import NoTextTowerError
 from clipedge.labels import LabelEmbeddings, LabelError
 from clipedge.options import LoadOptions
-from clipedge.pack import NoTextTowerError, make_pack
+from clipedge.pack import make_pack
+from clipedge.templates import TemplateError
 from clipedge_export.shapes import CLASSES, write_image_folder
 
 from .serverproc import ServerProcess
@@ -49,6 +51,7 @@ def test_a_pack_holds_the_vision_tower_and_labels_only(pack):
     meta = json.loads((pack / "pack.json").read_text())
     assert meta["kind"] == "clipedge-pack" and meta["labels"]["count"] == 15
     assert meta["labels"]["text_precision"] == "fp32" and len(meta["source_bundle"]["hash"]) == 64
+    assert meta["manifest"]["source"]["id"] == "demo-ckpt" and meta["manifest"]["name"] == "demo"  # no local paths
     full = sum(p.stat().st_size for p in DEMO.iterdir() if p.is_file())
     assert sum(p.stat().st_size for p in pack.iterdir()) < full / 10
 
@@ -75,7 +78,7 @@ def test_what_needs_the_text_tower_is_refused_clearly(pack):
         clf.classify([EXAMPLES / "red_circle.png"], ["red circle", "cat"])
     with pytest.raises(NoTextTowerError, match="edge pack .* text embeddings need the full bundle"):
         clf.embed_texts(["cat"])
-    with pytest.raises(NoTextTowerError, match="templates other than the pack's"):
+    with pytest.raises(TemplateError, match="templates other than the label embeddings' own .* not an edge pack"):
         clf.classify([EXAMPLES / "red_circle.png"], ["red circle"], templates="a drawing of a {}.")
     with pytest.raises(BundleError, match="already an edge pack"):
         make_pack(pack, pack.parent / "again", "int8", LABELS)
@@ -203,26 +206,33 @@ def test_the_endpoint_answers_multi_label_with_label_embeddings(calibrated):
         assert [row["labels"] for row in r.json()] == [["red circle", "blue cross"]] * 2
         outside = httpx.post(s.url + "/classify", data={**subset, "labels": "cat"}, files=files, timeout=30)
         assert outside.status_code == 400 and "label 0 is not one of the 15 fixed labels" in outside.json()["message"]
+        other = {**subset, "template": "a drawing of a {}"}  # a template error, not a label error
+        r = httpx.post(s.url + "/classify", data=other, files=files, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_template", r.text
         # single-label requests still embed any label with the text tower
         r = httpx.post(s.url + "/classify", data={"labels": "purple circle, cat"}, files=files, timeout=30)
         assert r.status_code == 200 and r.json()[0]["labels"] == ["purple circle", "cat"]
         assert r.json()[0]["probs"][0] > 0.5
 
 
-def test_a_server_template_other_than_the_fixed_labels_is_honoured(calibrated, tmp_path):
-    """--label-embeddings made with one template, --template another: the server's template wins."""
-    png = (EXAMPLES / "red_circle.png").read_bytes()
-    files = [("files", ("red_circle.png", png, "image/png"))]
-    data = {"labels": "red circle, blue cross"}
-    with ServerProcess(DEMO, "--label-embeddings", str(calibrated), "--template", "a drawing of a {}") as s:
-        fixed_only = httpx.post(s.url + "/classify", data=data, files=files, timeout=30).json()[0]["probs"]
-        with_other = httpx.post(s.url + "/classify", data={"labels": data["labels"] + ", cat"}, files=files, timeout=30)
-    clf = ZeroShotClassifier.load(DEMO)
-    expected = clf.classify([EXAMPLES / "red_circle.png"], ["red circle", "blue cross"], "a drawing of a {}")[0]
-    np.testing.assert_allclose(fixed_only, expected["probs"], atol=1e-5)
-    assert with_other.status_code == 200
+def test_a_server_template_other_than_the_fixed_labels_stops_it_at_start(calibrated, tmp_path):
+    """--label-embeddings (or a pack) made with one template, --template another: the server exits at start
+    with the label rule's message, as `classify` refuses the same pair (tests/test_label_rules.py)."""
     pack = make_pack(DEMO, tmp_path / "pack", "int8", LABELS)
-    proc = ServerProcess(pack, "--template", "a drawing of a {}")
-    with pytest.raises(RuntimeError, match="differs from this edge pack's template"):
-        proc.wait_ready()  # the server exits at start with the reason
-    proc.stop()
+    for model, extra in ((DEMO, ["--label-embeddings", str(calibrated)]), (pack, [])):
+        proc = ServerProcess(model, *extra, "--template", "a drawing of a {}")
+        with pytest.raises(RuntimeError, match="templates other than the label embeddings' own"):
+            proc.wait_ready()  # the server exits at start with the reason
+        proc.stop()
+
+
+def test_thresholds_of_another_precision_warn_at_every_load(calibrated, tmp_path, caplog):
+    """Thresholds fitted with the int8 image tower, packed with the fp32 one: said each time the pack loads,
+    as the same file with the full bundle is."""
+    out = make_pack(DEMO, tmp_path / "pack", "fp32", label_embeddings=str(calibrated))
+    for model, extra in ((out, {}), (DEMO, {"label_embeddings": str(calibrated)})):
+        for _ in range(2):
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="clipedge"):
+                ZeroShotClassifier.load(model, "fp32", "cpu", **extra)
+            assert "thresholds were calibrated with the int8 image tower; the image tower runs in fp32" in caplog.text

@@ -223,6 +223,8 @@ def test_page_asks_for_the_key_and_sends_it(browser, key_server):
     type_into(browser, "labels", LABELS)
     assert submit(browser) == "error"
     assert by_id(browser, "error").text == "401: missing or wrong API key"
+    assert by_id(browser, "results").text == ""  # the error, not the "Choose an image..." placeholder under it
+    assert not [e for e in browser.get_log("browser") if "favicon" in e["message"]]  # no /favicon.ico 401
 
     type_into(browser, "key", "not-the-key")
     by_id(browser, "key-use").click()
@@ -315,6 +317,9 @@ def test_ui_is_a_static_shell_with_strict_headers(key_server):
 def test_page_loads_nothing_from_outside():
     html = PAGE.read_text()
     markup = re.sub(r"(<script\b[^>]*>).*?</script>|(<style\b[^>]*>).*?</style>", r"\1\2", html, flags=re.S)
+    icon = '<link rel="icon" href="data:,">'  # an empty inline icon: the browser asks for no /favicon.ico
+    assert markup.count(icon) == 1
+    markup = markup.replace(icon, "")
     assert not re.search(r"<[^>]*\s(src|href|action|poster|srcset|data)\s*=", markup, re.I)  # nothing linked
     assert not re.search(r"\burl\(|@import", html, re.I)  # no stylesheet or font from anywhere
     assert re.findall(r"https?://[^\s\"'<]*", html) == ["https://example.com/picture.jpg"]  # a placeholder only

@@ -350,14 +350,15 @@ def _reference(model, preprocess, tokenizer, logit_scale: float):
 
 def _run_onnx(files: dict[str, Path], ref, provider: str, precision: str = "fp32"):
     from clipedge import openvino_engine as ove
+    from clipedge.options import LoadOptions
     from clipedge.providers import create_session
 
     if provider == ove.PROVIDER:
         vision, text = (ove.OpenVinoTower(files[t], precision=precision) for t in ("vision", "text"))
     else:
         provider_key = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
-        vision = create_session(files["vision"], provider_key, strict=True)
-        text = create_session(files["text"], provider_key, strict=True)
+        vision = create_session(files["vision"], LoadOptions(provider=provider_key))
+        text = create_session(files["text"], LoadOptions(provider=provider_key))
     img = vision.run(None, {VISION.input: ref.pixel_values})[0]
     txt = text.run(None, {TEXT.input: ref.input_ids})[0]
     return img, txt

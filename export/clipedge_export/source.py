@@ -57,7 +57,8 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
     if path.exists():
         if not path.is_dir():
             raise ExportError(f"{source}: not a folder (expected a Hugging Face checkpoint folder or hub id)")
-        return Checkpoint(path.resolve(), str(path.resolve()), "local", revision)
+        # the folder's name, not its path: bundles travel, and the weights' sha256 say what they hold
+        return Checkpoint(path.resolve(), path.resolve().name, "local", revision)
     if not HUB_ID.match(source) or source.startswith((".", "/", "~")):
         raise ExportError(f"{source}: no such folder, and not a Hugging Face hub id (owner/name)")
     return _from_hub(source, revision)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from clipedge.classifier import zero_shot_probs
+from clipedge.scoring import zero_shot_probs
 from PIL import Image, ImageDraw
 
 # Minimum embedding cosine (both towers) per precision. fp32 must be numerically the same model.

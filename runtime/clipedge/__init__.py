@@ -6,13 +6,16 @@ clipedge` (or a light submodule such as `clipedge.benchmark`'s timers) loads no 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_attributes
+from .version import __version__
 
 if TYPE_CHECKING:
     from .bundle import Bundle, BundleError, load_bundle
     from .classifier import ZeroShotClassifier
     from .images import ImageError
+    from .label_rules import LabelRequest
     from .labels import LabelEmbeddings
     from .options import LoadOptions
     from .providers import ModelLoadError, ProviderError
@@ -24,6 +27,7 @@ _WHERE = {
     "ZeroShotClassifier": ".classifier",
     "ImageError": ".images",
     "LabelEmbeddings": ".labels",
+    "LabelRequest": ".label_rules",
     "LoadOptions": ".options",
     "ModelLoadError": ".providers",
     "ProviderError": ".providers",
@@ -33,18 +37,13 @@ __all__ = [
     "BundleError",
     "ImageError",
     "LabelEmbeddings",
+    "LabelRequest",
     "LoadOptions",
     "ModelLoadError",
     "ProviderError",
     "ZeroShotClassifier",
+    "__version__",
     "load_bundle",
 ]
-__version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clipedge' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -5,7 +5,7 @@ Each combination runs in its own fresh process (`python -m clipedge.benchmark`, 
 to the first answer (process start, imports, load, one image classified), that process's peak RSS, then
 warm latency percentiles and throughput per batch size of the full classification path (the classifier's
 prepare, embed and score stages, on JPEG bytes) and of the vision tower alone (`embed` on preprocessed
-pixels). Choices are made by `clipedge.selection` exactly as `LoadOptions.load` makes them; a combination it
+pixels). Choices are made by `clipedge.selection` exactly as `ZeroShotClassifier.load` makes them; a combination it
 refuses is listed with its reason. The timing, RSS and machine helpers are shared with the repository's
 harness (bench/).
 """
@@ -207,10 +207,10 @@ def synthetic_images(n: int, size: tuple[int, int] = (640, 480), seed: int = 0) 
     out = []
     for i in range(n):
         rng = np.random.default_rng(seed + i)
-        base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+        base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
         draw = ImageDraw.Draw(base)
         for _ in range(6):
-            x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
+            x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
             r = int(rng.integers(size[1] // 16, size[1] // 3))
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x - r, y - r, x + r, y + r), fill=colour)
@@ -256,7 +256,7 @@ def combinations(load: LoadOptions) -> list[dict[str, Any]]:
     from .providers import ProviderError, resolve_providers
     from .selection import _openvino
 
-    bundle = load_bundle(load.resolved().bundle, verify=False)  # type: ignore[arg-type]
+    bundle = load_bundle(str(load.resolved().bundle), verify=False)
     precisions = list(bundle.manifest.precisions) if load.precision == "auto" else [load.precision]
     engines = ["onnxruntime", "openvino"] if load.engine == "auto" else [load.engine]
     out = []
@@ -271,7 +271,9 @@ def combinations(load: LoadOptions) -> list[dict[str, Any]]:
                 try:
                     bundle.variant(precision)
                     if engine == "openvino":
-                        _openvino(bundle, precision, provider, engine, strict=True)
+                        _openvino(
+                            bundle, load.replace(precision=precision, provider=provider, engine=engine, strict=True)
+                        )
                     else:
                         resolve_providers(provider, strict=True)
                 except (BundleError, ProviderError) as e:
@@ -314,7 +316,7 @@ def run_benchmark(
 
     settings = settings or BenchSettings()
     load = load.resolved()
-    bundle = load_bundle(load.bundle, verify=False)  # type: ignore[arg-type]
+    bundle = load_bundle(str(load.bundle), verify=False)
     plan = combinations(load)
     rows, skipped = [], [c for c in plan if c["skipped"]]
     with tempfile.TemporaryDirectory(prefix="clipedge-bench-") as tmp:
@@ -367,23 +369,17 @@ def run_benchmark(
 
 # -- the worker: one combination in a fresh process ---------------------------------------------------------
 def _worker(job: dict[str, Any]) -> None:
-    from .labels import LabelError
+    from .classifier import ZeroShotClassifier
 
     t0 = time.perf_counter()
     settings = BenchSettings(**{**job["settings"], "batch_sizes": tuple(job["settings"]["batch_sizes"])})
-    clf = LoadOptions(**job["load"]).load()
+    clf = ZeroShotClassifier.load(LoadOptions(**job["load"]))
     loaded = time.perf_counter()
-    names = settings.labels
-    if names is None:
-        try:
-            labels = clf.labels(None)  # a model with labels of its own (an edge pack)
-        except LabelError:
-            labels = clf.labels(list(DEFAULT_LABELS))
-    else:
-        labels = clf.labels(list(names))
+    names = settings.labels or (None if clf.fixed_labels is not None else DEFAULT_LABELS)  # a pack: its own
+    labels = clf.labels(names)
     clf.classify([job["images"][0]], labels)
     first = time.perf_counter()
-    result = {
+    result: dict[str, Any] = {
         "engine": clf.encoder.choice.engine,
         "precision": clf.precision,
         "providers_in_effect": clf.encoder.providers,

@@ -1,204 +1,89 @@
-"""The bundle contract: a folder with manifest.json, tokenizer.json and ONNX towers per precision.
+"""Reading a model folder: a bundle (manifest.json, tokenizer.json and ONNX towers per precision) or an edge
+pack (pack.json, one precision's vision tower and fixed label embeddings, no text tower), checked against the
+sha256 of every file it names. Packs are written by `clipedge.pack`; they are read here, beside bundles, so
+that loading a model never imports anything above this floor.
 
-The manifest is a tree of frozen dataclasses validated on load: unknown keys are ignored, a missing
-key is an error that names it. Every file the runtime reads is checked against its sha256.
+The manifest's dataclasses live in `clipedge.manifest` and are re-exported here (the bundle contract's
+public names).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-FORMAT_VERSION = 2  # 2: the int8-static and fp32-unfused precisions, the calibration record
-READABLE_VERSIONS = (1, 2)
-MANIFEST = "manifest.json"
-# fp32, int8 (dynamic) and fp16 are ONNX Runtime's fused graphs (contrib ops); int8-static (QDQ) and
-# fp32-unfused use standard ONNX operators only, for any engine (OpenVINO, TensorRT's int8)
-PRECISIONS = ("fp32", "int8", "fp16", "int8-static", "fp32-unfused")
-DEFAULT_PRECISIONS = ("fp32", "int8", "fp16", "int8-static")
-TOWERS = ("vision", "text")
+from .manifest import (
+    DEFAULT_PRECISIONS,
+    FORMAT_VERSION,
+    MANIFEST,
+    PRECISIONS,
+    READABLE_VERSIONS,
+    TOWERS,
+    Architecture,
+    BundleError,
+    FileEntry,
+    Manifest,
+    Preprocess,
+    Source,
+    TokenizerSpec,
+    TowerIO,
+    Variant,
+    check_file_names,
+    file_entry,
+    plain_file_name,
+    sha256_file,
+    write_manifest,
+)
 
+__all__ = [
+    "DEFAULT_PRECISIONS",
+    "FORMAT_VERSION",
+    "LABELS_FILE",
+    "MANIFEST",
+    "PACK_FORMAT",
+    "PACK_KIND",
+    "PACK_MANIFEST",
+    "PRECISIONS",
+    "READABLE_VERSIONS",
+    "TOWERS",
+    "Architecture",
+    "Bundle",
+    "BundleError",
+    "FileEntry",
+    "Manifest",
+    "PackInfo",
+    "Preprocess",
+    "Source",
+    "TokenizerSpec",
+    "TowerIO",
+    "Variant",
+    "check_file_names",
+    "file_entry",
+    "load_bundle",
+    "load_pack",
+    "plain_file_name",
+    "sha256_file",
+    "write_manifest",
+]
 
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing, malformed, or not matching its manifest."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    file: str
-    sha256: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Source:
-    id: str
-    kind: str  # "hub" | "local"
-    revision: str | None = None
-    weights: tuple[FileEntry, ...] = ()
-
-
-@dataclass(frozen=True)
-class Architecture:
-    embed_dim: int
-    image_size: int
-    patch_size: int
-    context_length: int
-    vocab_size: int
-    vision_width: int
-    vision_layers: int
-    vision_heads: int
-    text_width: int
-    text_layers: int
-    text_heads: int
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What CLIPImageProcessor does with this checkpoint's preprocessor_config.json."""
-
-    resize_shortest_edge: int
-    resample: str  # "bicubic" | "bilinear" | "nearest" | "lanczos" | "box" | "hamming"
-    crop_size: tuple[int, int]  # (height, width)
-    do_center_crop: bool
-    rescale_factor: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    file: str
-    sha256: str
-    context_length: int
-    bos_id: int
-    eos_id: int
-    pad_id: int
+PACK_MANIFEST = "pack.json"
+PACK_KIND = "clipedge-pack"
+PACK_FORMAT = 1
+LABELS_FILE = "labels.npz"
 
 
 @dataclass(frozen=True)
-class TowerIO:
-    input: str
-    output: str
+class PackInfo:
+    """What a pack adds to the bundle view: its labels file, where it came from, its own hash."""
 
-
-@dataclass(frozen=True)
-class Variant:
-    """One precision: its two tower files, how it was made, and the parity figures measured at export."""
-
-    vision: FileEntry
-    text: FileEntry | None = None  # None only in an edge pack (clipedge.pack): vision tower only
-    recipe: dict[str, Any] = field(default_factory=dict)
-    fusions: dict[str, Any] = field(default_factory=dict)
-    validated_on: tuple[str, ...] = ()
-    parity: dict[str, Any] = field(default_factory=dict)
-    thresholds: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    format_version: int
-    name: str
-    source: Source
-    architecture: Architecture
-    preprocess: Preprocess
-    tokenizer: TokenizerSpec
-    logit_scale: float
-    embeddings_normalized: bool
-    towers: dict[str, TowerIO]
-    precisions: dict[str, Variant]
-    tools: dict[str, str] = field(default_factory=dict)
-    created: str = ""
-    calibration: dict[str, Any] = field(default_factory=dict)  # the static int8 variant's calibration set
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        manifest = _build(cls, data, "")
-        if manifest.format_version not in READABLE_VERSIONS:
-            raise BundleError(
-                f"manifest.json: format_version {manifest.format_version} is not supported "
-                f"(this clipedge reads versions {', '.join(map(str, READABLE_VERSIONS))}; upgrade clipedge)"
-            )
-        for name in manifest.precisions:
-            if name not in PRECISIONS:
-                raise BundleError(f"manifest.json: unknown precision {name!r} (known: {', '.join(PRECISIONS)})")
-        return manifest
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """Build `tp` from JSON data; unknown keys are ignored, missing ones name their path."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise BundleError(f"manifest.json: {where or 'top level'} must be an object")
-        hints = typing.get_type_hints(tp)
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            path = f"{where}.{f.name}" if where else f.name
-            if f.name in value:
-                kwargs[f.name] = _build(hints[f.name], value[f.name], path)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise BundleError(f"manifest.json: missing key {path!r}")
-        return tp(**kwargs)
-    if origin is dict:
-        _, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise BundleError(f"manifest.json: {where} must be an object")
-        return {k: _build(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise BundleError(f"manifest.json: {where} must be a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise BundleError(f"manifest.json: {where} must have {len(args)} items")
-        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _build(inner[0], value, where)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise BundleError(f"manifest.json: {where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def plain_file_name(name: str, where: str) -> str:
-    """`name` if it is a plain file name inside the folder (no separator, no "..", not absolute).
-
-    Raises:
-        BundleError: a name that could point outside the folder.
-    """
-    if not name or "/" in name or "\\" in name or name in (".", "..") or Path(name).is_absolute():
-        raise BundleError(f"{where}: file name {name!r} must be a plain name inside the folder")
-    return name
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_entry(folder: Path, name: str) -> FileEntry:
-    path = folder / name
-    return FileEntry(file=name, sha256=sha256_file(path), bytes=path.stat().st_size)
+    labels: FileEntry
+    label_count: int
+    has_thresholds: bool
+    source_bundle_hash: str
+    source_name: str
+    pack_hash: str
 
 
 @dataclass(frozen=True)
@@ -208,7 +93,7 @@ class Bundle:
     path: Path
     manifest: Manifest
     bundle_hash: str  # for an edge pack: its source bundle's (label embeddings made with that bundle fit it)
-    pack: Any = None  # an edge pack's clipedge.pack.PackInfo (vision tower only, fixed labels); None for a bundle
+    pack: PackInfo | None = None  # an edge pack's (vision tower only, fixed labels); None for a bundle
 
     @property
     def has_text_tower(self) -> bool:
@@ -221,7 +106,10 @@ class Bundle:
         return self.manifest.precisions[precision]
 
     def tower_path(self, precision: str, tower: str) -> Path:
-        return self.path / getattr(self.variant(precision), tower).file
+        entry = getattr(self.variant(precision), tower)
+        if entry is None:
+            raise BundleError(f"{self.path}: has no {tower} tower")
+        return self.path / entry.file
 
     def verify(self, precision: str | None = None) -> None:
         """Check sha256 and size of the tokenizer and of one precision's towers (all precisions if None).
@@ -250,12 +138,13 @@ class Bundle:
                 )
 
 
-def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
-    """Read a bundle folder.
+def load_bundle(path: str | Path, verify: str | bool | None = True, packs: bool = True) -> Bundle:
+    """Read a bundle folder, or an edge pack's (see `load_pack`).
 
     Args:
         path: the folder.
         verify: True checks every file's sha256, a precision name checks that precision's files, False none.
+        packs: False refuses an edge pack (what needs a full bundle: making a pack).
 
     Returns:
         The bundle (its manifest validated).
@@ -268,9 +157,9 @@ def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such bundle folder")
     if not mpath.is_file():
-        from .pack import PACK_MANIFEST, load_pack
-
         if (folder / PACK_MANIFEST).is_file():
+            if not packs:
+                raise BundleError(f"{folder}: is already an edge pack; this needs the full bundle it was made from")
             return load_pack(folder, verify)
         raise BundleError(f"{folder}: not a clipedge bundle (no {MANIFEST})")
     raw = mpath.read_bytes()
@@ -288,14 +177,49 @@ def load_bundle(path: str | Path, verify: str | bool | None = True) -> Bundle:
     return bundle
 
 
-def check_file_names(manifest: Manifest, where: str) -> None:
-    """Every file a manifest names is a plain name inside its folder (BundleError otherwise)."""
-    plain_file_name(manifest.tokenizer.file, where)
-    for variant in manifest.precisions.values():
-        for entry in (variant.vision, variant.text):
-            if entry is not None:
-                plain_file_name(entry.file, where)
+def load_pack(folder: str | Path, verify: str | bool | None = True) -> Bundle:
+    """Read an edge pack folder as a vision-only bundle (`Bundle.pack` set; see `load_bundle`).
 
-
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    Raises:
+        BundleError: no or malformed pack.json, another kind or format, or a file that fails verification.
+    """
+    folder = Path(folder)
+    path = folder / PACK_MANIFEST
+    raw = path.read_bytes()
+    try:
+        meta = json.loads(raw)
+        if meta.get("kind") != PACK_KIND:
+            raise BundleError(f"{path}: not a clipedge edge pack (kind {meta.get('kind')!r})")
+        if meta.get("format_version") != PACK_FORMAT:
+            raise BundleError(
+                f"{path}: pack format_version {meta.get('format_version')!r} is not supported "
+                f"(this clipedge reads {PACK_FORMAT}; upgrade clipedge)"
+            )
+        manifest = Manifest.from_dict(meta["manifest"])
+        lab = meta["labels"]
+        info = PackInfo(
+            labels=FileEntry(lab["file"], lab["sha256"], int(lab["bytes"])),
+            label_count=int(lab["count"]),
+            has_thresholds=bool(lab.get("thresholds")),
+            source_bundle_hash=str(meta["source_bundle"]["hash"]),
+            source_name=str(meta["source_bundle"].get("name", "")),
+            pack_hash=hashlib.sha256(raw).hexdigest(),
+        )
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{path}: malformed pack manifest ({type(e).__name__}: {e})") from None
+    # the files are the ones a pack has, by name: a pack.json cannot point anywhere else
+    precision = meta.get("precision")
+    if list(manifest.precisions) != [precision]:
+        raise BundleError(f"{path}: a pack holds exactly one precision, the one named by 'precision'")
+    vision = manifest.precisions[precision].vision.file
+    if info.labels.file != LABELS_FILE or vision != f"vision.{precision}.onnx":
+        raise BundleError(f"{path}: a pack's files are {LABELS_FILE} and vision.{precision}.onnx")
+    check_file_names(manifest, str(path))
+    bundle = Bundle(folder, manifest, info.source_bundle_hash, pack=info)
+    if verify:
+        bundle.verify(verify if isinstance(verify, str) else None)
+    return bundle

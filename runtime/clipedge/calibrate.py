@@ -24,6 +24,7 @@ from .evaluate import image_folder
 from .images import ImageError
 from .labels import LabelEmbeddings, LabelError, parse_labels
 from .options import LoadOptions
+from .templates import DEFAULT_TEMPLATE
 
 OBJECTIVE = "per-label F1 on the calibration images (positives: the label's class folder; negatives: all others)"
 
@@ -52,7 +53,7 @@ def embed_paths(
         ok = [i for i, p in enumerate(prepared) if not isinstance(p, ImageError)]
         failed += [(str(batch[i]), str(p)) for i, p in enumerate(prepared) if isinstance(p, ImageError)]
         if ok:
-            embs.append(clf.embed(np.stack([prepared[i] for i in ok]), batch_size=64))  # type: ignore[misc]
+            embs.append(clf.embed(np.stack([p for p in prepared if isinstance(p, np.ndarray)]), batch_size=64))
             kept += [start + i for i in ok]
         if progress:
             progress(min(start + chunk, len(paths)), len(paths))
@@ -85,7 +86,7 @@ def fit_threshold(cosines: np.ndarray, positive: np.ndarray) -> tuple[float, flo
 def calibrate(
     model: LoadOptions | str | Path,
     dataset: str | Path,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | str | None = None,
     templates: str | Sequence[str] | None = None,
     text_precision: str | None = "fp32",
     progress: Callable[[int, int], None] | None = None,
@@ -93,40 +94,41 @@ def calibrate(
     """Fit per-label thresholds for multi-label scoring (see the module docstring).
 
     Args:
-        model: load options (the vision precision the thresholds are fitted for), or a bundle folder.
+        model: load options (the vision precision the thresholds are fitted for), or a bundle folder (then
+            on the CPU).
         dataset: one sub-folder of images per class; the folder name (underscores read as spaces) is the
             class text.
-        labels: the labels to calibrate (default: every class, or an edge pack's own labels); each must be a
-            class of the dataset. The other classes' images are negatives only.
-        templates: prompt template(s) for the labels (None: "a photo of a {}.", or an edge pack's own).
+        labels: the labels to calibrate (default: every class, or the model's fixed labels, e.g. an edge
+            pack's); each must be a class of the dataset. The other classes' images are negatives only.
+        templates: prompt template(s) for the labels (None: the fixed labels' own, else "a photo of a {}.").
         text_precision: the text tower that embeds the labels (fp32 by default, as packs do); None: the
-            vision tower's precision.
+            load options' (by default the vision tower's precision).
         progress: called with (done, total) while images are embedded.
 
     Returns:
         The calibration: `labels` holds the label embeddings with their thresholds.
 
     Raises:
-        ValueError: the dataset is not an image folder. LabelError: a label that is not a class of it.
+        ValueError: the dataset is not an image folder. LabelError: a label that is not a class of it, and
+            what the label rules refuse (`clipedge.label_rules`).
     """
-    options = (model if isinstance(model, LoadOptions) else LoadOptions(str(model), provider="cpu")).resolved()
+    options = model if isinstance(model, LoadOptions) else LoadOptions(str(model), provider="cpu")
+    if text_precision:
+        options = options.replace(text_precision=text_precision)
     classes, paths, targets = image_folder(dataset)
-    clf = options.load()
+    clf = ZeroShotClassifier.load(options)
     if labels:
         names = parse_labels(labels) if isinstance(labels, str) else list(labels)
-    else:  # every class, or an edge pack's own labels
-        names = list(clf.packed_labels.labels) if clf.packed_labels is not None else classes
+    else:  # every class, or the model's fixed labels
+        names = list(clf.fixed_labels.labels) if clf.fixed_labels is not None else classes
     missing = [n for n in names if n not in classes]
     if missing:
         raise LabelError(
             f"label {missing[0]!r} has no class folder in {dataset} (classes: {', '.join(classes[:5])}, ...)"
         )
-    if templates is None:
-        templates = clf.packed_labels.templates if clf.packed_labels is not None else "a photo of a {}."
-    text_clf = clf
-    if text_precision and text_precision != clf.precision and clf.bundle.pack is None:
-        text_clf = replace(options, precision=text_precision, engine="onnxruntime").load()
-    label_emb = text_clf.labels(names, templates) if clf.bundle.pack is None else clf.labels(names, templates)
+    if templates is None and clf.fixed_labels is None:
+        templates = DEFAULT_TEMPLATE
+    label_emb = clf.labels(names, templates)
     emb, kept, failed = embed_paths(clf, paths, progress=progress)
     y = targets[kept]
     cos = emb @ label_emb.embeddings.T

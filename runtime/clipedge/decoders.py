@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import Preprocess
 from .fetch import FetchPolicy
 from .images import DecodePolicy, ImageError, PixelBudget
+from .manifest import Preprocess
 from .preprocess import prepare_pixels
 
 PR_SET_PDEATHSIG = 1

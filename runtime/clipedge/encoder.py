@@ -1,67 +1,55 @@
-"""The two ONNX towers of one bundle precision, as sessions that return L2-normalised float32 embeddings.
+"""The two ONNX towers of a bundle, as sessions that return L2-normalised float32 embeddings.
 
-The text session is created on first use: a process whose labels come from the cache or a label file
-never loads the text tower (less memory, faster start).
+The vision tower runs in the precision `clipedge.selection` chooses; the text tower in the load options'
+`text_precision` (default: the same). The text session is created on first use: a process whose labels
+come from the cache or a label file never loads the text tower (less memory, faster start).
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
 from .bundle import Bundle
-from .providers import ProviderSpec
+from .options import LoadOptions
+from .scoring import l2_normalise
 from .selection import open_vision
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, np.float32(1e-12))
-
-
 class ClipEncoder:
-    """The vision session (opened at once) and the text session (on first use) of one precision; engine,
-    provider and precision are resolved by `clipedge.selection.open_vision`."""
+    """The vision session (opened at once) and the text session (on first use); engine, provider and
+    precision are resolved by `clipedge.selection.open_vision` from the load options."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        precision: str = "auto",
-        provider: ProviderSpec = "auto",
-        threads: int | None = None,
-        strict: bool = True,
-        pool: str = "session",
-        verify: bool = True,
-        batch_independent: bool = True,
-        engine: str = "auto",
-    ):
-        self.choice, self._vision = open_vision(bundle, precision, provider, threads, strict, pool, verify, engine)
-        self.precision, provider = self.choice.precision, self.choice.provider
-        self.bundle = bundle
+    def __init__(self, bundle: Bundle, options: LoadOptions):
+        self.choice, self._vision = open_vision(bundle, options)
+        self.precision = self.choice.precision
+        self.text_precision = options.text_precision or self.precision
+        self.bundle, self.options = bundle, options
         # dynamic quantisation takes one activation scale per run: an image's (or a label's) result would
         # depend on what it runs with, so such a precision runs one item at a time (docs/runtime.md)
-        self.per_item = batch_independent and batch_dependent(bundle, self.precision)
-        self._provider, self._threads, self._strict, self._pool = provider, threads, strict, pool
+        self.per_item = options.batch_independent and batch_dependent(bundle, self.precision)
+        self._text_per_item = False
         towers = bundle.manifest.towers
         self._vision_io, self._text_io = towers["vision"], towers.get("text")
-        self._text = None
+        self._text: Any = None
         self._text_lock = threading.Lock()
 
     @property
     def providers(self) -> list[str]:
         return self._vision.get_providers()
 
-    def _text_session(self):
-        if self.bundle.pack is not None:
-            from .pack import no_text_tower
-
-            raise no_text_tower(self.bundle, "text embeddings")
+    def _text_session(self) -> Any:
+        """The text tower's session (callers check that the bundle has one: `ZeroShotClassifier`)."""
         with self._text_lock:
             if self._text is None:
-                path = self.bundle.tower_path(self.precision, "text")
-                self._text = self.choice.open(path, self._threads, self._strict, self._pool)
+                precision = self.text_precision
+                if precision != self.precision and self.options.verify:
+                    self.bundle.verify(precision)
+                path = self.bundle.tower_path(precision, "text")
+                self._text = self.choice.for_precision(precision).open(path, self.options)
+                self._text_per_item = self.options.batch_independent and batch_dependent(self.bundle, precision)
         return self._text
 
     def embed_pixels(self, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -79,9 +67,11 @@ class ClipEncoder:
 
     def embed_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [N,L] -> unit text embeddings float32 [N,D]."""
-        session, name = self._text_session(), self._text_io.input
+        session = self._text_session()
+        assert self._text_io is not None
+        name = self._text_io.input
         input_ids = input_ids.astype(np.int64, copy=False)
-        if not self.per_item:
+        if not self._text_per_item:
             return l2_normalise(session.run(None, {name: input_ids})[0])
         eos = self.bundle.manifest.tokenizer.eos_id
         outs = []

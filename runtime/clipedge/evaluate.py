@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .bundle import load_bundle
+from .classifier import ZeroShotClassifier
 from .images import IMAGE_EXTENSIONS, ImageError
 from .options import LoadOptions
+from .templates import DEFAULT_TEMPLATE
 
 
 @dataclass
@@ -68,7 +70,7 @@ def evaluate(
     model: LoadOptions | str | Path,
     dataset: str | Path,
     precisions: Sequence[str] | None = None,
-    templates: str | Sequence[str] | None = "a photo of a {}.",
+    templates: str | Sequence[str] | None = None,
     chunk: int = 256,
     limit_per_class: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -81,7 +83,8 @@ def evaluate(
         dataset: one sub-folder of images per class; the folder name (underscores read as spaces) is the
             class text.
         precisions: the precisions to compare (default: every one the bundle has).
-        templates: prompt template(s) for the class texts.
+        templates: prompt template(s) for the class texts (None: the model's fixed labels' own, e.g. an edge
+            pack's, else "a photo of a {}.").
         chunk: images decoded at a time.
         limit_per_class: use at most this many images per class.
         progress: called with (done, total) after each chunk.
@@ -95,10 +98,12 @@ def evaluate(
     options = model if isinstance(model, LoadOptions) else LoadOptions(str(model), provider="cpu")
     options = options.resolved()
     classes, paths, targets = image_folder(dataset, limit_per_class)
-    names = list(precisions or load_bundle(options.bundle, verify=False).manifest.precisions)  # type: ignore[arg-type]
-    clfs = {p: replace(options, precision=p, engine=_engine_for(options.engine, p)).load() for p in names}
+    names = list(precisions or load_bundle(str(options.bundle), verify=False).manifest.precisions)
+    clfs = {p: ZeroShotClassifier.load(options, precision=p, engine=_engine_for(options.engine, p)) for p in names}
     first = clfs[names[0]]
-    labels = {p: c.label_embeddings(classes, templates) for p, c in clfs.items()}
+    if templates is None and first.fixed_labels is None:
+        templates = DEFAULT_TEMPLATE
+    labels = {p: c.labels(classes, templates) for p, c in clfs.items()}
     report = EvalReport(str(dataset), classes, len(paths))
     preds: dict[str, list[np.ndarray]] = {p: [] for p in names}
     cosines: dict[str, list[np.ndarray]] = {p: [] for p in names if p != "fp32"}
@@ -110,7 +115,7 @@ def evaluate(
         report.failed += [(str(batch[i]), str(p)) for i, p in enumerate(prepared) if isinstance(p, ImageError)]
         if not ok:
             continue
-        stacked = np.stack([prepared[i] for i in ok])  # type: ignore[misc]
+        stacked = np.stack([p for p in prepared if isinstance(p, np.ndarray)])
         embs = {}
         for p, clf in clfs.items():
             t0 = time.perf_counter()

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -105,7 +106,7 @@ def _system_resolver(host: str, port: int) -> list[str]:
 def resolve(host: str, port: int, policy: FetchPolicy, deadline: float) -> str:
     """Resolve once, within the deadline; every address must pass `check_address`. Returns the one to use."""
     resolver = policy.resolver or _system_resolver
-    box: dict[str, object] = {}
+    box: dict[str, Any] = {}
 
     def lookup() -> None:
         try:
@@ -122,7 +123,7 @@ def resolve(host: str, port: int, policy: FetchPolicy, deadline: float) -> str:
         error = box["error"]
         reason = getattr(error, "strerror", None) or type(error).__name__
         raise FetchError(f"cannot resolve host ({reason})")
-    addresses = list(box.get("addresses") or [])  # type: ignore[call-overload]
+    addresses = list(box.get("addresses") or [])
     if not addresses:
         raise FetchError("cannot resolve host")
     for a in addresses:
@@ -248,7 +249,8 @@ def _get(conn: http.client.HTTPConnection, parts, policy: FetchPolicy, deadline:
     length = resp.getheader("Content-Length")
     if length and length.isdigit() and int(length) > policy.max_bytes:
         raise FetchError(f"body of {int(length):,} bytes exceeds the limit of {policy.max_bytes:,}")
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

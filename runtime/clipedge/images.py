@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fetch import FetchError, FetchPolicy, fetch_url
+from .options import DEFAULT_MAX_PIXELS, LoadOptions
 
 ORIENTATION = 0x0112  # the EXIF tag
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any camera's JPEG, far below a decompression bomb
 B64_CHARS = re.compile(r"^[A-Za-z0-9+/=_-]+$")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -91,6 +91,18 @@ class DecodePolicy:
         """Untrusted input (no file paths): messages never repeat the caller's strings."""
         return not self.allow_paths
 
+    @classmethod
+    def from_options(cls, options: LoadOptions, untrusted: bool = False) -> DecodePolicy:
+        """The policy load options describe; untrusted callers (the endpoint) get no file paths and redacted
+        messages."""
+        fetch = FetchPolicy(
+            allow_private=options.allow_private_urls,
+            allow_link_local=options.allow_link_local_urls,
+            timeout=options.fetch_timeout,
+            hide_addresses=untrusted,
+        )
+        return cls(max_pixels=options.max_pixels, fetch=fetch, allow_paths=not untrusted)
+
 
 URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
@@ -107,6 +119,11 @@ def printable(text: str) -> str:
 
 def is_http_url(text: str) -> bool:
     return text[:8].lower().startswith(("http://", "https://"))
+
+
+def is_url(source: object) -> bool:
+    """Whether an input is an http(s) URL (fetched, not decoded in place)."""
+    return isinstance(source, str) and is_http_url(source.lstrip())
 
 
 def safe_url(url: str) -> str:

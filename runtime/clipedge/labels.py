@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoder import l2_normalise
+from .scoring import l2_normalise
 from .templates import fill, is_utf8
 
 FILE_FORMAT = 1
@@ -59,21 +59,23 @@ def read_labels_file(path: str | Path) -> list[str]:
     return labels
 
 
-def check_labels(labels: Sequence[object]) -> list[str]:
-    """The labels as a list of non-empty UTF-8 strings.
+def check_labels(labels: Sequence[object], what: str = "label") -> list[str]:
+    """The labels as a list of non-empty UTF-8 strings (`what` names them in messages, e.g. "text").
 
     Raises:
         LabelError: no labels, or a label that is empty, not a string, or not valid Unicode.
     """
-    labels = list(labels)
-    if not labels:
-        raise LabelError("no labels given")
-    for i, label in enumerate(labels):
+    items = list(labels)
+    if not items:
+        raise LabelError(f"no {what}s given: the list is empty")
+    out: list[str] = []
+    for i, label in enumerate(items):
         if not isinstance(label, str) or not label.strip():
-            raise LabelError(f"label {i} is empty or not a string")
+            raise LabelError(f"{what} {i} is empty or not a string")
         if not is_utf8(label):
-            raise LabelError(f"label {i} is not valid Unicode text (a lone surrogate?)")
-    return labels  # type: ignore[return-value]
+            raise LabelError(f"{what} {i} is not valid Unicode text (a lone surrogate?)")
+        out.append(label)
+    return out
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class LabelEmbeddings:
         if self.thresholds is not None:
             arrays["thresholds"] = np.asarray(self.thresholds, dtype=np.float32)
         with open(path, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle flag
 
     @classmethod
     def load(cls, path: str | Path, bundle_hash: str | None = None) -> LabelEmbeddings:
@@ -176,7 +178,8 @@ class LabelEmbeddings:
 
 def check_compatible(labels: LabelEmbeddings, bundle_hash: str, embed_dim: int, precision: str) -> None:
     """The one entry check for label embeddings (DESIGN.md, Shared rules): they must come from the same
-    source bundle (its hash) and have its embedding size; another precision is allowed with a warning.
+    source bundle (its hash) and have its embedding size. Thresholds fitted with another vision precision, and
+    embeddings from a text tower other than fp32 or the vision tower's precision, are allowed with a warning.
 
     Raises:
         LabelFileError: made with another bundle, or of another embedding size.
@@ -199,7 +202,7 @@ def check_compatible(labels: LabelEmbeddings, bundle_hash: str, embed_dim: int, 
             precision,
             precision,
         )
-    if labels.precision != precision:
+    if labels.precision not in (precision, "fp32"):  # fp32 text is the default pairing, not a choice to flag
         log.warning(
             "label embeddings were computed with the %s text tower; the image tower runs in %s",
             labels.precision,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .options import DEFAULTS, LoadOptions
 from .providers import ModelLoadError, without_dirs
 
 PROVIDER = "OpenVINO:CPU"
@@ -30,12 +31,12 @@ def available() -> bool:
 class OpenVinoTower:
     """One tower compiled by OpenVINO for the CPU; thread-safe (one inference at a time per tower)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "int8-static"):
+    def __init__(self, path: str | Path, options: LoadOptions = DEFAULTS, precision: str = "int8-static"):
         import openvino as ov
 
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = int(options.threads)
         if precision == "fp32-unfused":
             config["INFERENCE_PRECISION_HINT"] = "f32"
         try:

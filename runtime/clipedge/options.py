@@ -1,21 +1,33 @@
 """Configuration as data: how a classifier is loaded, as one frozen value that the CLI builds from its
-arguments and the endpoint, both batch engines (Ray actors included), eval and the benchmarks pass on."""
+arguments and the endpoint, both batch engines (Ray actors included), eval and the benchmarks pass on. The
+value is handed down whole, as faster-whisper hands its options to every stage: the classifier, the encoder,
+the engine chooser (`clipedge.selection`) and the session factory (`clipedge.providers.create_session`) each
+read the fields they need. A new load option is a field here and a few lines where it takes effect.
+
+Also the vocabularies the command line offers (precisions, engines, providers, thread pools) and the
+library's defaults, so that the CLI restates none of them. Pure data: importing this module loads nothing.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .fetch import FetchPolicy
-from .images import DEFAULT_MAX_PIXELS, DecodePolicy
-
-if TYPE_CHECKING:
-    from .classifier import ZeroShotClassifier
+from .manifest import PRECISIONS
 
 DEMO_BUNDLE = Path("models") / "demo"
 MODEL_ENV = "CLIPEDGE_MODEL"
+ENGINES = ("auto", "onnxruntime", "openvino")
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+POOLS = ("shared", "session", "session-spin")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any camera's JPEG, far below a decompression bomb
+
+# an ONNX Runtime provider spec: "auto", "cpu", "cuda", "tensorrt", or a list of providers (with options)
+ProviderSpec = str | Sequence[str | tuple[str, dict[str, Any]]]
 
 
 class NoBundleError(ValueError):
@@ -42,55 +54,66 @@ def default_bundle() -> str:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a classifier (see `ZeroShotClassifier.load` for each field) and how it decodes images.
+    """How to load a classifier and how it decodes images.
 
-    bundle None means `default_bundle()`. The URL fields set the decode policy's fetch rules.
+    Model and engine:
+        bundle: the bundle or edge-pack folder (None: `default_bundle()`).
+        precision: "auto" or one of PRECISIONS; auto follows `clipedge.selection`'s ranking for the engine and
+            provider really in effect.
+        text_precision: the text tower's precision (None: the vision tower's). "fp32" gives the best label
+            embeddings with a faster vision tower (what packs and `calibrate` use).
+        provider: "auto", "cpu", "cuda", "tensorrt" or an ONNX Runtime provider list.
+        engine: "auto", "onnxruntime" or "openvino" (the `openvino` extra; int8-static and fp32-unfused).
+        threads: intra-op threads (None: one per core).
+        thread_pool: "session" (plays well with other ONNX Runtime users in the process), "shared" or
+            "session-spin" (see `clipedge.threads.session_options`).
+        strict: a requested engine or provider that is missing or not in effect is an error; False falls
+            back to ONNX Runtime on the CPU with a warning.
+        verify: check the files' sha256 against the manifest.
+        batch_independent: an image's result never depends on the images it runs with (nor a label's on
+            other labels): dynamically quantised int8 then runs one item at a time. False runs whole
+            batches, faster, with results that move slightly with their batch mates.
+    Labels:
+        label_embeddings: an .npz from `clipedge labels build` or `calibrate`: fixed labels the classifier
+            carries (as an edge pack carries its own), used without text-tower work; with thresholds, they
+            allow multi-label scoring.
+        label_cache_size: label embeddings kept in the LRU cache.
+    Images:
+        fast_jpeg: let libjpeg decode large JPEGs at 1/2..1/8 scale, keeping at least twice the resize size
+            (faster; embeddings change slightly, and on small models top-1 can change: off by default).
+        max_pixels: an image's pixel cap, checked before decoding.
+        allow_private_urls, allow_link_local_urls, fetch_timeout: the URL rules (`clipedge.fetch`).
     """
 
     bundle: str | None = None
     precision: str = "auto"
-    provider: str = "auto"
+    text_precision: str | None = None
+    provider: ProviderSpec = "auto"
+    engine: str = "auto"
     threads: int | None = None
-    strict: bool = True
     thread_pool: str = "session"
-    fast_jpeg: bool = False
+    strict: bool = True
     verify: bool = True
+    batch_independent: bool = True
+    label_embeddings: str | None = None
+    label_cache_size: int = 16384
+    fast_jpeg: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_private_urls: bool = False
     allow_link_local_urls: bool = False
     fetch_timeout: float = 5.0  # seconds for a whole URL fetch: DNS, connect, headers, body
-    batch_independent: bool = True  # results never depend on batch mates (see ZeroShotClassifier.load)
-    engine: str = "auto"  # "auto", "onnxruntime" or "openvino" (clipedge.selection)
 
     def resolved(self) -> LoadOptions:
         """These options with the bundle named (`default_bundle()` when None). Raises NoBundleError."""
-        return self if self.bundle else replace(self, bundle=default_bundle())
+        return self if self.bundle else self.replace(bundle=default_bundle())
 
-    def decode_policy(self, untrusted: bool = False) -> DecodePolicy:
-        """The decode policy: untrusted callers (the endpoint) get no file paths and redacted messages."""
-        fetch = FetchPolicy(
-            allow_private=self.allow_private_urls,
-            allow_link_local=self.allow_link_local_urls,
-            timeout=self.fetch_timeout,
-            hide_addresses=untrusted,
-        )
-        return DecodePolicy(max_pixels=self.max_pixels, fetch=fetch, allow_paths=not untrusted)
+    def replace(self, **changes: Any) -> LoadOptions:
+        """A copy with some fields changed (TypeError for a name that is not a field)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"unknown load option {unknown[0]!r} (options: {', '.join(sorted(names))})")
+        return LoadOptions(**{**{n: getattr(self, n) for n in names}, **changes})
 
-    def load(self, decode_policy: DecodePolicy | None = None) -> ZeroShotClassifier:
-        """Load the classifier (raises what `ZeroShotClassifier.load` raises, and NoBundleError)."""
-        from .classifier import ZeroShotClassifier
 
-        opts = self.resolved()
-        return ZeroShotClassifier.load(
-            opts.bundle,  # type: ignore[arg-type]
-            precision=opts.precision,
-            provider=opts.provider,
-            threads=opts.threads,
-            strict=opts.strict,
-            verify=opts.verify,
-            decode_policy=decode_policy or opts.decode_policy(),
-            fast_jpeg=opts.fast_jpeg,
-            thread_pool=opts.thread_pool,
-            batch_independent=opts.batch_independent,
-            engine=opts.engine,
-        )
+DEFAULTS = LoadOptions()  # the library's defaults, which the CLI shows and uses

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .bundle import Preprocess
 from .images import DecodePolicy, ImageError, ImageInput, decode_image, open_image
+from .manifest import Preprocess
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -1,4 +1,5 @@
-"""Execution providers are chosen here and nowhere else.
+"""Execution providers are chosen here and nowhere else, and this is the session factory: every ONNX Runtime
+session of a tower is made by `create_session` from the load options (`clipedge.options.LoadOptions`).
 
 "auto": CUDA when onnxruntime offers it and a session really runs on it, else CPU. "cpu", "cuda", or an
 explicit ONNX Runtime provider list. After creating a session we read `get_providers()`: ONNX Runtime
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
+from .options import DEFAULTS, LoadOptions, ProviderSpec
 from .threads import pool_lock, session_options
 
 log = logging.getLogger("clipedge")
@@ -25,7 +26,6 @@ ALIASES = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-ProviderSpec = str | Sequence[str | tuple[str, dict[str, Any]]]
 
 
 class ProviderError(RuntimeError):
@@ -36,11 +36,11 @@ class ModelLoadError(RuntimeError):
     """ONNX Runtime refused a model file (damaged, external data outside the bundle, unsupported ops)."""
 
 
-def _open(path: str | Path, threads: int | None, pool: str, providers: list) -> ort.InferenceSession:
+def _open(path: str | Path, options: LoadOptions, providers: list) -> ort.InferenceSession:
     with pool_lock:
-        options = session_options(threads, pool)
+        so = session_options(options.threads, options.thread_pool)
         try:
-            return ort.InferenceSession(str(path), options, providers=providers)
+            return ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) are not exported
             error = e
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -93,26 +93,25 @@ def resolve_providers(provider: ProviderSpec = "auto", strict: bool = True) -> l
 
 
 def create_session(
-    path: str | Path,
-    provider: ProviderSpec = "auto",
-    threads: int | None = None,
-    strict: bool = True,
-    pool: str = "session",
+    path: str | Path, options: LoadOptions = DEFAULTS, provider: ProviderSpec | None = None
 ) -> ort.InferenceSession:
-    """An InferenceSession on the resolved providers, checked to really run on the first one requested.
+    """An InferenceSession for one tower file as the load options say (threads, thread pool, strict), on
+    `provider` (default: the options' provider), checked to really run on the first provider requested.
 
     Raises:
         ProviderError: (strict) the requested provider is missing or not in effect.
         ModelLoadError: ONNX Runtime cannot load the file (one line naming it, never its traceback).
     """
-    providers = resolve_providers(provider, strict)
-    auto = isinstance(provider, str) and provider.lower() == "auto"
-    session = _open(path, threads, pool, providers)
+    spec = options.provider if provider is None else provider
+    strict = options.strict
+    providers = resolve_providers(spec, strict)
+    auto = isinstance(spec, str) and spec.lower() == "auto"
+    session = _open(path, options, providers)
     wanted, active = _name(providers[0]), session.get_providers()
     if wanted not in active:
         if auto:
             log.info("CUDA is offered by onnxruntime but could not start; running on %s", active[0])
-            return _open(path, threads, pool, list(ALIASES["cpu"]))
+            return _open(path, options, list(ALIASES["cpu"]))
         message = (
             f"{Path(path).name}: requested {wanted} is not in effect (running on {', '.join(active)}); "
             "check the CUDA/cuDNN libraries, or ask for provider='cpu'"

@@ -11,23 +11,24 @@ The ranking is applied once the session exists: ONNX Runtime falls back to the C
 cannot start, and a CUDA choice (fp16) must then not run on the CPU. An optional engine that fails to
 start falls back to ONNX Runtime with a warning. An explicit precision is never changed; an explicit
 engine or provider that cannot be had is an error unless a fallback was asked for (strict=False).
-Override with `engine=` ("onnxruntime", "openvino"), `provider=` and `precision=`.
+Override with the load options' `engine` ("onnxruntime", "openvino"), `provider` and `precision`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import openvino_engine as ove
 from .bundle import Bundle
-from .providers import ModelLoadError, ProviderError, ProviderSpec, create_session, resolve_providers
+from .options import ENGINES, LoadOptions, ProviderSpec
+from .providers import ModelLoadError, ProviderError, create_session, resolve_providers
 
 log = logging.getLogger("clipedge")
 
-ENGINES = ("auto", "onnxruntime", "openvino")
 RANKING: dict[str, tuple[str, ...]] = {
     "CPUExecutionProvider": ("int8", "fp32", "int8-static", "fp32-unfused", "fp16"),
     "CUDAExecutionProvider": ("fp16", "fp32", "fp32-unfused", "int8-static", "int8"),
@@ -48,7 +49,7 @@ def choose_precision(bundle: Bundle, provider_name: str) -> str:
     raise ValueError(f"{bundle.path}: bundle has no precisions")
 
 
-def _first(providers: list) -> str:
+def _first(providers: Sequence[Any]) -> str:
     p = providers[0]
     return p[0] if isinstance(p, tuple) else p
 
@@ -61,19 +62,28 @@ class Choice:
     precision: str
     provider: ProviderSpec
 
-    def open(self, path: str | Path, threads: int | None, strict: bool, pool: str) -> Any:
+    def open(self, path: str | Path, options: LoadOptions) -> Any:
         """A session for one tower file (ONNX Runtime's, or an OpenVINO tower with the same interface)."""
         if self.engine == "openvino":
-            return ove.OpenVinoTower(path, threads, self.precision)
-        return create_session(path, self.provider, threads, strict, pool)
+            return ove.OpenVinoTower(path, options, self.precision)
+        return create_session(path, options, self.provider)
+
+    def for_precision(self, precision: str) -> Choice:
+        """The same engine and provider for another precision (ONNX Runtime's where the engine cannot run it)."""
+        if precision == self.precision:
+            return self
+        if self.engine == "openvino" and precision not in ove.ENGINE_PRECISIONS:
+            return Choice("onnxruntime", precision, "cpu")
+        return Choice(self.engine, precision, self.provider)
 
 
 def _wants_cpu(provider: ProviderSpec) -> bool:
     return isinstance(provider, str) and provider.lower() in ("auto", "cpu")
 
 
-def _openvino(bundle: Bundle, precision: str, provider: ProviderSpec, engine: str, strict: bool) -> str | None:
+def _openvino(bundle: Bundle, options: LoadOptions) -> str | None:
     """The precision OpenVINO should run, or None when ONNX Runtime should."""
+    precision, provider, engine = options.precision, options.provider, options.engine
     if engine == "onnxruntime" or (engine == "auto" and not _wants_cpu(provider)):
         return None
     wanted = (
@@ -99,23 +109,14 @@ def _openvino(bundle: Bundle, precision: str, provider: ProviderSpec, engine: st
         problem = f"engine openvino runs {' or '.join(ove.ENGINE_PRECISIONS)}; this bundle has {have}"
     if problem is None:
         return usable[0]
-    if strict:
+    if options.strict:
         raise ProviderError(problem)
     log.warning("%s; falling back to ONNX Runtime", problem)
     return None
 
 
-def open_vision(
-    bundle: Bundle,
-    precision: str = "auto",
-    provider: ProviderSpec = "auto",
-    threads: int | None = None,
-    strict: bool = True,
-    pool: str = "session",
-    verify: bool = True,
-    engine: str = "auto",
-) -> tuple[Choice, Any]:
-    """Resolve engine, provider and precision and open the vision tower.
+def open_vision(bundle: Bundle, options: LoadOptions) -> tuple[Choice, Any]:
+    """Resolve engine, provider and precision from the load options and open the vision tower.
 
     Returns:
         (the choice, the vision session); the choice opens the text tower the same way.
@@ -125,38 +126,39 @@ def open_vision(
         BundleError: the bundle lacks the precision, or its files do not match the manifest.
         ModelLoadError: the engine cannot load the file.
     """
-    if engine not in ENGINES:
-        raise ProviderError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    ov_precision = _openvino(bundle, precision, provider, engine, strict)
+    if options.engine not in ENGINES:
+        raise ProviderError(f"unknown engine {options.engine!r} (choose from {', '.join(ENGINES)})")
+    ov_precision = _openvino(bundle, options)
     if ov_precision is not None:
         choice = Choice("openvino", ov_precision, "cpu")
-        if verify:
+        if options.verify:
             bundle.verify(ov_precision)
         try:
-            return choice, choice.open(bundle.tower_path(ov_precision, "vision"), threads, strict, pool)
+            return choice, choice.open(bundle.tower_path(ov_precision, "vision"), options)
         except ModelLoadError as e:
-            if engine == "openvino" and strict:
+            if options.engine == "openvino" and options.strict:
                 raise
             log.warning("%s; falling back to ONNX Runtime", e)
-    return _open_onnxruntime(bundle, precision, provider, threads, strict, pool, verify)
+    return _open_onnxruntime(bundle, options)
 
 
-def _open_onnxruntime(bundle, precision, provider, threads, strict, pool, verify) -> tuple[Choice, Any]:
-    requested = resolve_providers(provider, strict)
+def _open_onnxruntime(bundle: Bundle, options: LoadOptions) -> tuple[Choice, Any]:
+    precision = options.precision
+    requested = resolve_providers(options.provider, options.strict)
     chosen = choose_precision(bundle, _first(requested)) if precision == "auto" else precision
     if chosen not in bundle.manifest.precisions:
         bundle.variant(chosen)  # raises BundleError naming what the bundle has
-    if verify:
+    if options.verify:
         bundle.verify(chosen)
-    session = create_session(bundle.tower_path(chosen, "vision"), provider, threads, strict, pool)
+    session = create_session(bundle.tower_path(chosen, "vision"), options)
     active = session.get_providers()[0]
     if precision == "auto" and (better := choose_precision(bundle, active)) != chosen:
         log.warning("%s is in effect, not %s: precision auto gives %s there", active, _first(requested), better)
         chosen = better
-        if verify:
+        if options.verify:
             bundle.verify(chosen)
-        session = create_session(bundle.tower_path(chosen, "vision"), [active], threads, strict, pool)
-    effective: ProviderSpec = provider if active == _first(requested) else [active]
+        session = create_session(bundle.tower_path(chosen, "vision"), options, [active])
+    effective: ProviderSpec = options.provider if active == _first(requested) else [active]
     return Choice("onnxruntime", chosen, effective), session
 
 

@@ -31,6 +31,7 @@ OPENAI_IMAGENET = (
 )  # fmt: skip
 
 NAMED = {"none": ("{}",), "openai-imagenet": OPENAI_IMAGENET}
+DEFAULT_TEMPLATE = "a photo of a {}."  # what eval and calibrate use for class names when given none
 MAX_TEMPLATE_CHARS = 200
 
 

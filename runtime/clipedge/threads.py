@@ -12,9 +12,9 @@ import threading
 
 import onnxruntime as ort
 
-log = logging.getLogger("clipedge")
+from .options import POOLS
 
-POOLS = ("shared", "session", "session-spin")
+log = logging.getLogger("clipedge")
 _shared_pool: dict[str, int | None] = {}  # set by the first shared-pool session of the process
 # Held while choosing a pool and creating a session: a per-session session must not be created after
 # another thread made the shared pool between the choice and the creation (ONNX Runtime would refuse it).

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .bundle import TokenizerSpec
+from .manifest import TokenizerSpec
 
 
 class ClipTokenizer:

@@ -15,14 +15,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..classifier import ZeroShotClassifier
 from ..images import ImageError, printable
-from ..labels import LabelEmbeddings
+from ..label_rules import LabelRequest
+from ..labels import LabelEmbeddings, LabelError, LabelFileError
+from ..templates import TemplateError
 from .sources import Group, Item, describe_ref
 
 MAX_PENDING_BYTES = 256 * 1024 * 1024
@@ -81,7 +83,7 @@ def result_row(item: Item, result: dict[str, Any], group_error: bool = False) ->
         "group": item.group,
         "row": item.row,
     }
-    probs = result.get("probs")
+    probs = result.get("scores" if "scores" in result else "probs")  # multi-label: each label's own score
     if probs is None:
         return {
             **row,
@@ -95,9 +97,27 @@ def result_row(item: Item, result: dict[str, Any], group_error: bool = False) ->
     return {**row, "probs": probs, "top_label": row["labels"][best], "top_score": float(probs[best]), "error": None}
 
 
-def no_labels_message(group: Group) -> str:
-    problem = group.labels_problem or f"{group.name}: no labels in the first row's text"
-    return f"{problem}, and no --labels given; its rows were not scored"
+def group_labels(
+    clf: ZeroShotClassifier,
+    request: LabelRequest,
+    names: list[str],
+    fallback: LabelEmbeddings | None,
+    no_labels: str,
+    group: str,
+    problem: str | None = None,
+) -> LabelEmbeddings | str:
+    """What a group is scored against: an Azure file's own label `names`, under the job's request (its
+    templates, label embeddings, multi-label), else the job's labels (`fallback`); or, when it has none or
+    the label rules refuse them, the message its rows get. Shared by both engines."""
+    if names:
+        try:
+            return clf.labels(replace(request, names=tuple(names)))
+        except (LabelError, LabelFileError, TemplateError) as e:
+            return f"{group}: its labels cannot be used ({e}); its rows were not scored"
+    if fallback is not None:
+        return fallback
+    problem = problem or f"{group}: no labels in the first row's text"
+    return f"{problem}, and {no_labels}; its rows were not scored"
 
 
 def prepare_item(clf: ZeroShotClassifier, item: Item) -> np.ndarray:
@@ -120,11 +140,15 @@ def prepare_or_error(clf: ZeroShotClassifier, item: Item) -> np.ndarray | Except
 
 
 def score_items(
-    clf: ZeroShotClassifier, items: list[Item], prepared: list[np.ndarray | Exception], labels: LabelEmbeddings
+    clf: ZeroShotClassifier,
+    items: list[Item],
+    prepared: list[np.ndarray | Exception],
+    labels: LabelEmbeddings,
+    multi_label: bool = False,
 ) -> list[dict[str, Any]]:
     """Result rows for prepared items, through the classifier's stages. Shared by both engines."""
     try:
-        results = clf.classify_prepared(prepared, labels, batch_size=len(prepared) or 1)
+        results = clf.classify_prepared(prepared, labels, batch_size=len(prepared) or 1, multi_label=multi_label)
     except Exception as e:  # the tower failed on this batch: every row of it says so, the job goes on
         message = f"inference failed ({type(e).__name__}: {str(e)[:200]})"
         results = [clf.format(labels.labels, None, None, message) for _ in items]
@@ -160,36 +184,40 @@ class LocalEngine:
     def run(
         self,
         groups: list[Group],
+        request: LabelRequest,
         labels: LabelEmbeddings | None,
-        templates: Any,
+        no_labels: str,
         writer: Any,
         skip: set[str],
         progress: Callable[[int], None] | None = None,
     ) -> Summary:
+        """Score every group: against `labels`, or an Azure file's own labels under `request` (`group_labels`)."""
         summary = Summary()
         start = time.perf_counter()
+        self.request, self.fallback, self.no_labels = request, labels, no_labels
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="clipedge-decode") as pool:
                 for group in groups:
-                    self._run_group(group, labels, templates, writer, skip, pool, summary, progress)
+                    self._run_group(group, writer, skip, pool, summary, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
             summary.seconds = time.perf_counter() - start
         return summary
 
-    def _run_group(self, group, labels, templates, writer, skip, pool, summary, progress) -> None:
+    def _run_group(self, group, writer, skip, pool, summary, progress) -> None:
         if group.error:
             summary.file_error(group.error)
             return
         items: Iterable[Item] = group.items
         if skip:
             items = self._skipping(items, skip, summary)
-        label_emb = labels
-        if group.azure and group.file_labels():
-            label_emb = self.clf.labels(group.file_labels(), templates)
-        if label_emb is None:  # an Azure file without labels, and none on the command line
-            message = no_labels_message(group)
+        names = group.file_labels() if group.azure else []
+        label_emb = group_labels(
+            self.clf, self.request, names, self.fallback, self.no_labels, group.name, group.labels_problem
+        )
+        if isinstance(label_emb, str):  # an Azure file without usable labels, and none for the job
+            message = label_emb
             for item in items:
                 self._emit(
                     writer, [result_row(item, self.clf.format((), None, None, message), True)], summary, progress
@@ -214,7 +242,8 @@ class LocalEngine:
 
     def _score(self, batch, label_emb: LabelEmbeddings, writer: Any, summary: Summary, progress) -> None:
         items = [item for item, _ in batch]
-        rows = score_items(self.clf, items, [fut.result() for _, fut in batch], label_emb)
+        prepared = [fut.result() for _, fut in batch]
+        rows = score_items(self.clf, items, prepared, label_emb, self.request.multi_label)
         self._emit(writer, rows, summary, progress)
 
     @staticmethod

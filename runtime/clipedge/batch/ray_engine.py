@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..label_rules import LabelRequest
+from ..labels import LabelEmbeddings
 from ..options import LoadOptions
-from .local import Summary, no_labels_message, prepare_or_error, score_items
+from .local import Summary, group_labels, prepare_or_error, score_items
 from .sources import Item, open_input
 
 READ_BLOCK = 64  # rows per block a read task yields
@@ -39,7 +41,7 @@ def _read_group(source: str, image_column: str, id_column: str | None, index: in
 
     group = open_input(source, image_column, id_column, check_ids=False)[index]
     labels = json.dumps(group.file_labels()) if group.azure else ""
-    no_labels = no_labels_message(group) if group.azure else ""
+    problem = (group.labels_problem or "") if group.azure else ""
     block: list[dict[str, Any]] = []
     for item in group.items:
         if item.id in skip:
@@ -52,7 +54,7 @@ def _read_group(source: str, image_column: str, id_column: str | None, index: in
                 "row": item.row,
                 "error": item.error or "",  # a string column: Arrow would turn all-None into NaN
                 "labels": labels,
-                "no_labels": no_labels,
+                "labels_problem": problem,
             }
         )
         if len(block) == READ_BLOCK:
@@ -70,7 +72,7 @@ def _datasource(source: str, image_column: str, id_column: str | None, groups: i
         def estimate_inmemory_data_size(self) -> int | None:
             return None
 
-        def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:
+        def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:  # type: ignore[override]  # Ray adds keywords between versions: taken, ignored
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
             return [
                 ReadTask(functools.partial(_read_group, source, image_column, id_column, i, skip), meta)
@@ -83,9 +85,18 @@ def _datasource(source: str, image_column: str, id_column: str | None, groups: i
 class Scorer:
     """A Ray Data actor: one classifier, fed blocks of rows from `_read_group`."""
 
-    def __init__(self, options: LoadOptions, templates: Any, fallback: Any, batch_size: int):
-        self.clf = options.load()
-        self.templates, self.fallback, self.batch_size = templates, fallback, batch_size
+    def __init__(
+        self,
+        options: LoadOptions,
+        request: LabelRequest,
+        fallback: LabelEmbeddings | None,
+        no_labels: str,
+        batch_size: int,
+    ):
+        from ..classifier import ZeroShotClassifier
+
+        self.clf = ZeroShotClassifier.load(options)
+        self.request, self.fallback, self.no_labels, self.batch_size = request, fallback, no_labels, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         n = len(batch["id"])
@@ -94,13 +105,16 @@ class Scorer:
         for labels_json in dict.fromkeys(batch["labels"]):  # one label set per Azure file, usually one in all
             idx = [k for k in range(n) if batch["labels"][k] == labels_json]
             names = json.loads(labels_json) if labels_json else []
-            label_emb = self.clf.labels(names, self.templates) if names else self.fallback
-            if label_emb is None:
-                message = batch["no_labels"][idx[0]]
-                scored = [_no_labels_row(items[k], message) for k in idx]
+            first = idx[0]
+            label_emb = group_labels(
+                self.clf, self.request, names, self.fallback, self.no_labels, str(batch["group"][first]),
+                str(batch["labels_problem"][first]) or None,
+            )  # fmt: skip
+            if isinstance(label_emb, str):
+                scored = [_no_labels_row(items[k], label_emb) for k in idx]
             else:
                 prepared = [prepare_or_error(self.clf, items[k]) for k in idx]
-                scored = score_items(self.clf, [items[k] for k in idx], prepared, label_emb)
+                scored = score_items(self.clf, [items[k] for k in idx], prepared, label_emb, self.request.multi_label)
             for k, row in zip(idx, scored, strict=True):
                 rows[k] = row
         return {key: [json.dumps(r[key]) if key in ("labels", "probs") else r.get(key) for r in rows] for key in OUT}
@@ -126,9 +140,12 @@ def _no_labels_row(item: Item, message: str) -> dict[str, Any]:
     return result_row(item, {"labels": [], "probs": None, "error": message}, group_error=True)
 
 
-def run_ray(job: Any, clf: Any, labels: Any, writer: Any, skip: set[str], progress: Any = None) -> Summary:
-    """Run a BatchJob on Ray (a local cluster unless `job.ray_address` or RAY_ADDRESS names one)."""
+def run_ray(job: Any, prepared: Any, writer: Any, progress: Any = None) -> Summary:
+    """Run a BatchJob on Ray (a local cluster unless `job.ray_address` or RAY_ADDRESS names one), with what
+    `prepare_job` checked (its classifier's precision, its labels)."""
     import ray
+
+    clf, skip = prepared.clf, prepared.skip
 
     summary = Summary()
     start = time.perf_counter()
@@ -143,13 +160,13 @@ def run_ray(job: Any, clf: Any, labels: Any, writer: Any, skip: set[str], progre
     actors, cpus, gpus = pool_size(ray.cluster_resources(), gpu)
     source = str(Path(job.input).resolve())
     options = job.load.resolved()
-    options = LoadOptions(**{**options.__dict__, "bundle": str(Path(options.bundle).resolve()),
-                             "precision": clf.precision, "threads": int(cpus)})  # fmt: skip
+    options = options.replace(bundle=str(Path(str(options.bundle)).resolve()), precision=clf.precision,
+                              threads=int(cpus))  # fmt: skip
     ds = ray.data.read_datasource(_datasource(source, job.image_column, job.id_column, len(groups), frozenset(skip)))
     ds = ds.map_batches(
         Scorer,
-        fn_constructor_kwargs={"options": options, "templates": job.templates, "fallback": labels,
-                               "batch_size": job.batch_size},
+        fn_constructor_kwargs={"options": options, "request": job.labels, "fallback": prepared.labels,
+                               "no_labels": prepared.no_labels, "batch_size": job.batch_size},
         batch_size=job.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,

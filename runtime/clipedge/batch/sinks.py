@@ -22,13 +22,12 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 FIELDS = ["id", "image", "top_label", "top_score", "labels", "probs", "error"]
 AZURE_FIELDS = ["row_number_per_file", "preds", "labels", "file_name"]
 ERROR_FIELDS = ["file_name", "row_number_per_file", "error"]
 FORMATS = (".jsonl", ".csv", ".parquet")
-LAYOUTS = ("native", "azure")
 
 
 class OutputError(ValueError):
@@ -114,7 +113,8 @@ def done_ids(path: Path, layout: str = "native") -> set[str]:
                 ids.add(f"{row[3]}:{row[0]}")
         else:
             records = _csv_records(path)
-            _, header = next(records, (0, []))
+            first: tuple[int, list[str]] = next(records, (0, []))
+            header = first[1]
             if "id" not in header:
                 raise OutputError(f"{path}: has no id column; not a clipedge output, cannot resume it")
             at = header.index("id")
@@ -264,7 +264,7 @@ class AzureWriter:
         self._f = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open for appends
         self._csv = csv.writer(self._f)
         self._errors_path = errors_path(path)
-        self._errors = None
+        self._errors: TextIO | None = None
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         failed = []

@@ -7,7 +7,6 @@ import signal
 import sys
 
 from .common import (
-    ENGINES,
     EXIT_PARTIAL,
     add_label_args,
     add_model_args,
@@ -15,10 +14,9 @@ from .common import (
     add_url_args,
     fail,
     known_errors,
-    label_names,
+    label_request,
     load_options,
     positive_int,
-    templates_arg,
 )
 
 
@@ -26,19 +24,12 @@ from .common import (
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..batch import BatchJob, prepare_job, run_job
 
-    runner = args.runner
-    if args.engine in ("local", "ray"):  # clipedge 0.1 chose the runner with --engine
-        print(f"clipedge: note: --engine {args.engine} is now --runner {args.engine}", file=sys.stderr)
-        runner, args.engine = args.engine, "auto"
     try:
-        names = label_names(args)
         job = BatchJob(
             input=args.input,
             output=args.output,
             load=load_options(args),
-            labels=tuple(names) if names else None,
-            label_embeddings=args.label_embeddings,
-            templates=templates_arg(args),
+            labels=label_request(args),
             layout=args.layout,
             image_column=args.image_column,
             id_column=args.id_column,
@@ -46,7 +37,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=False if args.no_progress else None,
-            runner=runner,
+            runner=args.runner,
             ray_address=args.ray_address,
         )
         prepared = prepare_job(job)
@@ -71,24 +62,33 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def add_batch(sub: argparse._SubParsersAction) -> None:
+    from ..batch.config import LAYOUTS, RUNNERS, BatchJob
+
+    BATCH = BatchJob("", "")  # the library's defaults
     p = sub.add_parser("batch", help="score a folder or table of images into a result file (local or Ray)")
     p.add_argument("input", help="folder of images, .csv/.jsonl/.parquet table, or Azure batch folder of CSVs")
     p.add_argument("-o", "--output", required=True,
                    help="results .jsonl/.csv/.parquet (Azure's layout: a .csv or a folder)")  # fmt: skip
-    p.add_argument("--layout", choices=["azure", "native"], default=None,
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
                    help="azure: Azure's predictions.csv (default for its input); native: our rows")  # fmt: skip
-    add_label_args(p)
+    add_label_args(
+        p,
+        "score each label on its own against its calibrated threshold: probs are then each label's "
+        "score (present at 0.5 or above; they need not sum to 1); needs thresholds from `clipedge calibrate`",
+    )
     add_template_args(p)
-    add_model_args(p, engines=[*ENGINES, "local", "ray"])  # local/ray: clipedge 0.1's spelling of --runner
-    p.add_argument("--image-column", default="image", help="table column with paths, URLs or base64 (default image)")
+    add_model_args(p)
+    p.add_argument(
+        "--image-column", default=BATCH.image_column, help="table column with paths, URLs or base64 (default image)"
+    )
     p.add_argument("--id-column", default=None, help="table column to use as the row id (default: row number)")
     p.add_argument("--resume", action="store_true", help="skip rows already in the output and append")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--workers", type=positive_int, default=None, help="decode threads (default: cores, 2..8)")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH.batch_size, help="default %(default)s")
+    p.add_argument("--workers", type=positive_int, default=BATCH.workers, help="decode threads (default: cores, 2..8)")
     p.add_argument("--fast-jpeg", action="store_true", help="decode large JPEGs at reduced scale (faster)")
     add_url_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--runner", choices=["local", "ray"], default="local",
+    p.add_argument("--runner", choices=RUNNERS, default=BATCH.runner,
                    help="local (default) or ray (Ray Data; clipedge[ray])")  # fmt: skip
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local one)")
     p.set_defaults(func=cmd_batch)

@@ -124,7 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"clipedge: {message}", file=sys.stderr, flush=True)
 
         report = run_benchmark(load, settings, log)
-    except (*known_errors(), BenchmarkError) as e:
+    except known_errors(BenchmarkError) as e:
         return fail(str(e))
     text = markdown(report)
     print(text, end="")

@@ -13,9 +13,9 @@ from .common import (
     add_url_args,
     fail,
     known_errors,
+    label_request,
     load_options,
     positive_int,
-    resolve_labels,
     templates_arg,
 )
 
@@ -42,14 +42,12 @@ def _format_table(names: list[str], results: list[dict], top_k: int | None) -> s
 def cmd_classify(args: argparse.Namespace) -> int:
     import json
 
-    from ..classifier import format_result, require_thresholds
+    from ..classifier import ZeroShotClassifier, format_result
     from ..images import ImageError, describe
 
     try:
-        clf = load_options(args).load()
-        label_emb = resolve_labels(args, clf)
-        if args.multi_label:
-            require_thresholds(label_emb)
+        clf = ZeroShotClassifier.load(load_options(args))
+        label_emb = clf.labels(label_request(args))
     except known_errors() as e:
         return fail(str(e))
     names = [describe(src) for src in args.images]
@@ -103,12 +101,6 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
         "--top-k", type=positive_int, default=None, help="show only the k best labels per image (default: all)"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--multi-label",
-        action="store_true",
-        help="judge each label on its own against its calibrated threshold (score >= 0.5: present; an image may "
-        "get none); needs thresholds from `clipedge calibrate` or a pack made with them",
-    )
     p.add_argument("--plot", default=None, help="write a PNG: each image beside its label probabilities")
     add_url_args(p)
     p.add_argument("--fast-jpeg", action="store_true",
@@ -120,11 +112,12 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
 def cmd_labels_build(args: argparse.Namespace) -> int:
     import time
 
+    from ..classifier import ZeroShotClassifier
     from ..labels import read_labels_file
 
     try:
         labels = read_labels_file(args.labels_file)
-        clf = load_options(args).load()
+        clf = ZeroShotClassifier.load(load_options(args))
         t0 = time.perf_counter()
         emb = clf.label_embeddings(labels, templates_arg(args))
         emb.save(args.output)
@@ -155,21 +148,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from ..evaluate import evaluate, format_report
-    from ..options import LoadOptions
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
-    options = LoadOptions(
-        args.model, provider=args.provider, threads=args.threads, thread_pool=args.thread_pool, engine=args.engine
-    )
     try:
         report = evaluate(
-            options,
+            load_options(args),
             args.dataset,
             precisions=precisions,
-            templates=templates_arg(args) or "a photo of a {}.",
+            templates=templates_arg(args),  # None: the model's fixed labels' own, else "a photo of a {}."
             limit_per_class=args.limit_per_class,
         )
-    except (*known_errors(), ValueError) as e:
+    except known_errors(ValueError) as e:
         return fail(str(e))
     for _, error in report.failed:
         print(f"clipedge: {error}", file=sys.stderr)
@@ -180,13 +169,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="zero-shot top-1 accuracy on an image-folder dataset, per precision")
     p.add_argument("dataset", help="folder with one sub-folder of images per class (folder name = label)")
-    p.add_argument("-m", "--model", default=None, help="bundle folder (default: $CLIPEDGE_MODEL, else models/demo)")
     p.add_argument("--precisions", default=None, help="comma-separated (default: all the bundle has)")
-    p.add_argument("--provider", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "openvino"],
-                   help="auto: OpenVINO for int8-static when installed, else ONNX Runtime")  # fmt: skip
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--thread-pool", default="shared", choices=["shared", "session", "session-spin"])
+    add_model_args(p, precision=False)
+    p.set_defaults(provider="cpu")  # eval compares precisions on the CPU unless asked otherwise
     p.add_argument("--limit-per-class", type=positive_int, default=None, help="use at most N images per class")
     p.add_argument("--json", action="store_true")
     add_template_args(p)

@@ -17,9 +17,9 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
     return code
 
 
-def known_errors() -> tuple[type[Exception], ...]:
-    """The library's one-line errors (imported lazily: `clipedge --help` loads nothing heavy)."""
-    from ..batch.job import JobError
+def known_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    """The library's one-line errors, and `more` (imported lazily: `clipedge --help` loads nothing heavy)."""
+    from ..batch.config import JobError
     from ..batch.sinks import OutputError
     from ..batch.sources import InputError
     from ..bundle import BundleError
@@ -39,6 +39,7 @@ def known_errors() -> tuple[type[Exception], ...]:
         InputError,
         OutputError,
         JobError,
+        *more,
     )
 
 
@@ -92,28 +93,30 @@ def template_set(text: str) -> str:
     return text
 
 
-# -- shared arguments ---------------------------------------------------------------------------------
-ENGINES = ["auto", "onnxruntime", "openvino"]
+# -- shared arguments: choices and defaults are the library's (clipedge.options) --------------------------
+def add_model_args(p: argparse.ArgumentParser, pool: str = "shared", precision: bool = True) -> None:
+    """-m, --precision (unless the command sets precisions itself), --provider, --engine,
+    --provider-fallback, --threads, --thread-pool (default `pool`: the CLI owns its process)."""
+    from ..options import DEFAULTS, ENGINES, POOLS, PRECISION_CHOICES, PROVIDERS
 
-
-def add_model_args(p: argparse.ArgumentParser, pool: str = "shared", engines: list[str] = ENGINES) -> None:
     p.add_argument(
         "-m",
         "--model",
         default=None,
         help="bundle or edge-pack folder (default: $CLIPEDGE_MODEL, else models/demo in a clipedge checkout)",
     )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "int8", "fp16", "int8-static", "fp32-unfused"],
-        help="auto: the fastest the bundle has where it runs (docs/runtime.md, 'Precision, provider, engine')",
-    )
-    p.add_argument("--provider", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
+    if precision:
+        p.add_argument(
+            "--precision",
+            default=DEFAULTS.precision,
+            choices=PRECISION_CHOICES,
+            help="auto: the fastest the bundle has where it runs (docs/runtime.md, 'Precision, provider, engine')",
+        )
+    p.add_argument("--provider", default=DEFAULTS.provider, help=f"{', '.join(PROVIDERS)} (default %(default)s)")
     p.add_argument(
         "--engine",
-        default="auto",
-        choices=engines,
+        default=DEFAULTS.engine,
+        choices=ENGINES,
         help="auto: OpenVINO on int8-static when the openvino extra is installed and the CPU runs it, "
         "else ONNX Runtime",
     )
@@ -124,14 +127,19 @@ def add_model_args(p: argparse.ArgumentParser, pool: str = "shared", engines: li
         "engine is missing",
     )
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: all cores)"
+        "--threads",
+        type=positive_int,
+        default=DEFAULTS.threads,
+        help="ONNX Runtime intra-op threads (default: all cores)",
     )
-    p.add_argument("--thread-pool", default=pool, choices=["shared", "session", "session-spin"],
+    p.add_argument("--thread-pool", default=pool, choices=POOLS,
                    help="ONNX Runtime threads: shared (one spinning pool for the process, lowest latency), "
-                        "session (a non-spinning pool per session) or session-spin")  # fmt: skip
+                        "session (a non-spinning pool per session) or session-spin (default %(default)s)")  # fmt: skip
 
 
 def add_url_args(p: argparse.ArgumentParser) -> None:
+    from ..options import DEFAULTS
+
     p.add_argument(
         "--allow-private-urls", action="store_true", help="fetch URLs on private, loopback and reserved addresses"
     )
@@ -140,38 +148,47 @@ def add_url_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fetch URLs on link-local addresses too (e.g. 169.254.169.254, cloud metadata)",
     )
-    p.add_argument("--fetch-timeout", type=positive_float, default=5.0,
-                   help="seconds for a whole URL fetch: DNS, connect, headers and body (default 5)")  # fmt: skip
+    p.add_argument(
+        "--fetch-timeout",
+        type=positive_float,
+        default=DEFAULTS.fetch_timeout,
+        help="seconds for a whole URL fetch: DNS, connect, headers and body (default %(default)s)",
+    )
 
 
 def load_options(args: argparse.Namespace):
+    """LoadOptions from the parsed arguments: each option a command offers, under the field's own name (the
+    bundle from -m/--model, `strict` from --provider-fallback); the others keep the library's defaults."""
+    from dataclasses import fields
+
     from ..options import LoadOptions
 
-    return LoadOptions(
-        bundle=args.model,
-        precision=args.precision,
-        provider=args.provider,
-        threads=args.threads,
-        strict=not getattr(args, "provider_fallback", False),
-        thread_pool=args.thread_pool,
-        fast_jpeg=getattr(args, "fast_jpeg", False),
-        max_pixels=getattr(args, "max_pixels", None) or 50_000_000,
-        allow_private_urls=getattr(args, "allow_private_urls", False),
-        allow_link_local_urls=getattr(args, "allow_link_local_urls", False),
-        fetch_timeout=getattr(args, "fetch_timeout", 5.0),
-        engine=getattr(args, "engine", "auto"),
-    )
+    given = vars(args)
+    values = {f.name: given[f.name] for f in fields(LoadOptions) if f.name in given}
+    values["bundle"] = given.get("model")
+    if "provider_fallback" in given:
+        values["strict"] = not given["provider_fallback"]
+    return LoadOptions(**values)
 
 
-def add_label_args(p: argparse.ArgumentParser) -> None:
+MULTI_LABEL_HELP = (
+    "judge each label on its own against its calibrated threshold (score >= 0.5: present; an image may get none); "
+    "needs thresholds from `clipedge calibrate` or a pack made with them"
+)
+
+
+def add_label_args(p: argparse.ArgumentParser, multi_label: str | None = MULTI_LABEL_HELP) -> None:
+    """--labels or --labels-file, --label-embeddings, and --multi-label (with its help) unless None."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, bird"')
     g.add_argument("--labels-file", help="text file, one label per line")
-    g.add_argument(
+    p.add_argument(
         "--label-embeddings",
-        help=".npz written by `clipedge labels build` or `clipedge calibrate` (an edge pack "
-        "needs none of these: it has its labels)",
+        help=".npz written by `clipedge labels build` or `clipedge calibrate`: its labels, or with --labels the "
+        "subset named (an edge pack has labels of its own)",
     )
+    if multi_label:
+        p.add_argument("--multi-label", action="store_true", help=multi_label)
 
 
 def add_template_args(p: argparse.ArgumentParser) -> None:
@@ -184,31 +201,18 @@ def templates_arg(args: argparse.Namespace):
     return args.template if args.template else args.templates
 
 
-def label_names(args: argparse.Namespace) -> list[str] | None:
-    """Label texts from --labels or --labels-file; None when neither was given. Raises LabelError."""
-    from ..labels import LabelError, parse_labels, read_labels_file
+def label_request(args: argparse.Namespace):
+    """The labels the arguments ask for, as the one LabelRequest every command fills: names from --labels
+    or --labels-file (None: the label embeddings' or the model's own), templates, multi-label. Label
+    embeddings (--label-embeddings) are a load option: `load_options`. Raises LabelError."""
+    from ..label_rules import LabelRequest
+    from ..labels import parse_labels, read_labels_file
 
-    if args.labels_file:
-        return read_labels_file(args.labels_file)
-    if args.labels is not None:
+    names = None
+    if getattr(args, "labels_file", None):
+        names = read_labels_file(args.labels_file)
+    elif getattr(args, "labels", None) is not None:
         names = parse_labels(args.labels)
-        if not names:
-            raise LabelError("no labels: --labels is empty after splitting on commas")
-        return names
-    return None
-
-
-def resolve_labels(args: argparse.Namespace, clf):
-    """LabelEmbeddings from --label-embeddings, --labels-file or --labels. Raises LabelError when none."""
-    from ..labels import LabelError
-
-    if args.label_embeddings:
-        if args.template or args.templates:
-            raise LabelError(
-                "--template/--templates have no effect with --label-embeddings (the file holds its templates)"
-            )
-        return clf.load_labels(args.label_embeddings)
-    names = label_names(args)
-    if names is None and clf.packed_labels is None:  # only an edge pack has labels of its own
-        raise LabelError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
-    return clf.labels(names, templates_arg(args))
+    return LabelRequest(
+        None if names is None else tuple(names), None, templates_arg(args), getattr(args, "multi_label", False)
+    )

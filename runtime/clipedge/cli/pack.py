@@ -12,29 +12,21 @@ from .common import (
     add_template_args,
     fail,
     known_errors,
-    label_names,
+    label_request,
     load_options,
-    templates_arg,
 )
 
 
 # -- pack -----------------------------------------------------------------------------------------------
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ..labels import LabelEmbeddings, LabelError
     from ..pack import make_pack
 
     try:
-        names = label_names(args)
-        embeddings = None
-        if args.label_embeddings:
-            if args.template or args.templates:
-                raise LabelError("--template/--templates have no effect with --label-embeddings")
-            embeddings = LabelEmbeddings.load(args.label_embeddings)
-        elif names is None:
-            raise LabelError("no labels: give --labels 'a, b, c', --labels-file or --label-embeddings")
+        req = label_request(args)
         out = make_pack(
-            args.bundle, args.output, args.precision, names, templates_arg(args), embeddings, args.text_precision
-        )
+            args.bundle, args.output, args.precision, req.names, req.templates, args.label_embeddings,
+            args.text_precision, req.multi_label,
+        )  # fmt: skip
     except OSError as e:
         return fail(f"cannot make the pack: {e.filename or args.output}: {e.strerror or e}")
     except known_errors() as e:
@@ -54,16 +46,20 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
         "when the embeddings come from `clipedge calibrate`, and pack.json with every file's sha256 and the source "
         "bundle's hash. Every command that takes -m BUNDLE takes the pack.",
     )
+    from ..options import PRECISIONS
+
     p.add_argument("bundle", help="the source bundle folder")
-    add_label_args(p)
+    add_label_args(p, "a pack for multi-label scoring: its labels must carry calibrated thresholds")
     add_template_args(p)
     p.add_argument(
         "--precision",
         required=True,
+        choices=PRECISIONS,
         help="the vision tower to ship: int8 (fastest with ONNX Runtime alone on a CPU), int8-static (OpenVINO, "
         "TensorRT), fp16 (GPUs), fp32",
     )
-    p.add_argument("--text-precision", default="fp32", help="the text tower that embeds the labels (default fp32)")
+    p.add_argument("--text-precision", default="fp32", choices=PRECISIONS,
+                   help="the text tower that embeds the labels (default %(default)s)")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="the pack folder to create (new or empty)")
     p.set_defaults(func=cmd_pack)
 
@@ -72,25 +68,33 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
+    from ..batch.local import progress_bar
     from ..calibrate import calibrate, multi_label_figures
+    from ..classifier import ZeroShotClassifier
+
+    bars: list = []  # tqdm's bar on a terminal (its own handling: nothing written into logs), made at the first call
 
     def progress(done: int, total: int) -> None:
-        print(f"\rembedding {done}/{total} images", end="", file=sys.stderr, flush=True)
+        if not bars:
+            bars.append(progress_bar(total))
+        if bars[0] is not None:
+            bars[0].update(done - bars[0].n)
 
     try:
-        if args.label_embeddings:
-            raise ValueError("calibrate embeds its labels itself: give --labels or --labels-file (or neither)")
         options = load_options(args)
-        cal = calibrate(options, args.dataset, label_names(args), templates_arg(args),
-                        args.text_precision, progress)  # fmt: skip
-        print(file=sys.stderr)
+        req = label_request(args)
+        try:
+            cal = calibrate(options, args.dataset, req.names, req.templates, args.text_precision, progress)
+        finally:
+            if bars and bars[0] is not None:
+                bars[0].close()
         cal.labels.save(args.output)
         report = {"output": args.output, "images": cal.images, "f1": cal.f1, "failed": len(cal.failed)}
         if args.eval:
-            report["eval"] = multi_label_figures(options.load(), cal.labels, args.eval)
+            report["eval"] = multi_label_figures(ZeroShotClassifier.load(options), cal.labels, args.eval)
     except OSError as e:
         return fail(f"{args.output}: cannot write ({e.strerror or e})")
-    except (ValueError, *known_errors()) as e:
+    except known_errors(ValueError) as e:
         return fail(str(e))
     for path, reason in cal.failed:
         print(f"clipedge: skipped {path}: {reason}", file=sys.stderr)
@@ -100,13 +104,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     width = max(len(n) for n in cal.f1)
     print(f"wrote {args.output}: thresholds for {len(cal.f1)} labels from {cal.images} images "
           f"(vision {cal.labels.calibration['vision_precision']}, text {cal.labels.precision})")  # fmt: skip
-    for (name, f1), t in zip(cal.f1.items(), cal.labels.thresholds, strict=True):  # type: ignore[arg-type]
+    thresholds = [] if cal.labels.thresholds is None else cal.labels.thresholds.tolist()
+    for (name, f1), t in zip(cal.f1.items(), thresholds, strict=True):
         print(f"  {name:<{width}}  threshold {t:.4f}  F1 {f1:.3f}")
     if args.eval:
-        e = report["eval"]
+        fig = report["eval"]
         print(
-            f"{args.eval}: labelled classes top-1 {e['labelled_top1_multi']:.3f} multi-label "
-            f"(softmax {e['labelled_top1_softmax']:.3f}); other classes with no label {e['unlabelled_no_label']:.3f}"
+            f"{args.eval}: labelled classes top-1 {fig['labelled_top1_multi']:.3f} multi-label "
+            f"(softmax {fig['labelled_top1_softmax']:.3f}); other classes with no label "
+            f"{fig['unlabelled_no_label']:.3f}"
         )
     return 0
 
@@ -120,11 +126,14 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
         "Writes label embeddings with thresholds, for `classify --multi-label --label-embeddings`, `pack "
         "--label-embeddings` and the endpoint's multi-label mode.",
     )
+    from ..options import PRECISIONS
+
     p.add_argument("dataset", help="image folder: one sub-folder per class (underscores read as spaces)")
-    add_label_args(p)
+    add_label_args(p, multi_label=None)
     add_template_args(p)
     add_model_args(p)
-    p.add_argument("--text-precision", default="fp32", help="the text tower that embeds the labels (default fp32)")
+    p.add_argument("--text-precision", default="fp32", choices=PRECISIONS,
+                   help="the text tower that embeds the labels (default %(default)s)")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output .npz (label embeddings with thresholds)")
     p.add_argument("--eval", default=None, help="a second labelled folder to report multi-label figures on")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

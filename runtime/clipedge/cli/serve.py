@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         load = load_options(args).resolved()
-        load_bundle(load.bundle, verify=False)  # a wrong path fails now; hashes are checked at load
+        load_bundle(str(load.bundle), verify=False)  # a wrong path fails now; hashes are checked at load
         if args.template is not None:
             validate_template(args.template, "--template")
         if args.label_embeddings:
@@ -52,7 +52,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
         template=args.template,
-        label_embeddings=args.label_embeddings,
         pixel_budget=args.pixel_budget,
         **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
         client_timeout=args.client_timeout,
@@ -62,37 +61,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
+    from ..options import DEFAULTS
+    from ..serve.config import DRAIN_SECONDS, HOST, PORT, Limits, ServeConfig
+
+    serve, limits = ServeConfig(decode_workers=1), Limits()  # the library's defaults (decode_workers: per core)
+    mib = 1024 * 1024
     p = sub.add_parser("serve", help="real-time HTTP endpoint (Azure ML contract at /score; needs clipedge[serve])")
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
-    p.add_argument("--port", type=port, default=8000)
-    p.add_argument("--template", default=None, help='prompt template for labels, e.g. "a photo of a {}."')
-    p.add_argument("--label-embeddings", default=None,
+    p.add_argument("--host", default=HOST, help="bind address (default %(default)s; 0.0.0.0 to expose)")
+    p.add_argument("--port", type=port, default=PORT, help="default %(default)s")
+    p.add_argument("--template", default=serve.template, help='prompt template for labels, e.g. "a photo of a {}."')
+    p.add_argument("--label-embeddings", default=DEFAULTS.label_embeddings,
                    help="labels known in advance (.npz from `labels build` or `calibrate`): no text-tower work for "
                         "them; with thresholds, multi-label requests (an edge pack's labels need no flag)")  # fmt: skip
-    p.add_argument("--max-batch", type=positive_int, default=32, help="images per vision-tower run (default 32)")
-    p.add_argument(
-        "--max-wait-ms", type=non_negative_float, default=0.0, help="idle wait for more requests (default 0)"
-    )
-    p.add_argument("--max-queue-ms", type=positive_float, default=1000.0,
-                   help="refuse (503) when the admitted work would take longer than this (default 1000)")  # fmt: skip
-    p.add_argument("--queue-size", type=positive_int, default=256, help="images admitted at once at most (default 256)")
-    p.add_argument("--max-body-mb", type=positive_float, default=32.0, help="request body cap in MiB (default 32)")
-    p.add_argument("--max-images", type=positive_int, default=64, help="images per request (default 64)")
-    p.add_argument("--max-labels", type=positive_int, default=1000, help="labels per request (default 1000)")
-    p.add_argument("--max-label-chars", type=positive_int, default=300, help="characters per label (default 300)")
-    p.add_argument(
-        "--max-pixels", type=positive_int, default=50_000_000, help="pixels per image, checked before decoding"
-    )
-    p.add_argument("--pixel-budget", type=positive_int, default=100_000_000,
-                   help="pixels being decoded at once, across requests (default 100 million)")  # fmt: skip
+    p.add_argument("--max-batch", type=positive_int, default=serve.max_batch,
+                   help="images per vision-tower run (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=serve.max_wait_ms,
+                   help="idle wait for more requests (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-queue-ms", type=positive_float, default=serve.max_queue_ms,
+                   help="refuse (503) when the admitted work would take longer than this "
+                        "(default %(default)s)")  # fmt: skip
+    p.add_argument("--queue-size", type=positive_int, default=serve.max_queue,
+                   help="images admitted at once at most (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-body-mb", type=positive_float, default=serve.max_body_bytes / mib,
+                   help="request body cap in MiB (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-images", type=positive_int, default=limits.max_images,
+                   help="images per request (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-labels", type=positive_int, default=limits.max_labels,
+                   help="labels per request (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-label-chars", type=positive_int, default=limits.max_label_chars,
+                   help="characters per label (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULTS.max_pixels,
+                   help="pixels per image, checked before decoding (default %(default)s)")  # fmt: skip
+    p.add_argument("--pixel-budget", type=positive_int, default=serve.pixel_budget,
+                   help="pixels being decoded at once, across requests (default %(default)s)")  # fmt: skip
     p.add_argument("--decode-workers", type=positive_int, default=None,
                    help="processes decoding and preprocessing images (default one per core, at most 4; "
                         "about 40 MB each)")  # fmt: skip
-    p.add_argument("--client-timeout", type=positive_float, default=10.0,
-                   help="seconds for a request's headers, and for each gap in its body (default 10)")  # fmt: skip
+    p.add_argument("--client-timeout", type=positive_float, default=serve.client_timeout,
+                   help="seconds for a request's headers, and for each gap in its body "
+                        "(default %(default)s)")  # fmt: skip
     add_url_args(p)
     p.add_argument("--api-key-env", default=None, help="name of an environment variable holding the API key")
     p.add_argument("--cors", default=None, help="comma-separated allowed origins (CORS is off by default)")
-    p.add_argument("--drain-seconds", type=positive_float, default=30.0, help="graceful shutdown limit (default 30)")
+    p.add_argument("--drain-seconds", type=positive_float, default=DRAIN_SECONDS,
+                   help="graceful shutdown limit (default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_serve)

@@ -26,12 +26,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
-from ..classifier import format_result, is_url
-from ..images import ImageError, safe_url
+from ..classifier import format_result
+from ..images import ImageError, is_url, safe_url
+from ..label_rules import LabelRequest
 from ..labels import LabelError, parse_labels
 from ..providers import without_dirs
 from ..templates import TemplateError, validate_template
+from ..version import __version__
 from .batcher import QueueFull
 from .contract import (
     check_labels,
@@ -92,9 +93,7 @@ async def read_json(request: Request) -> Any:
         return await asyncio.get_running_loop().run_in_executor(state.parse_pool, parse_json, body)
 
 
-async def infer(
-    request: Request, images: list[Any], labels: list[str] | None, template: str | None, multi_label: bool = False
-):
+async def infer(request: Request, images: list[Any], labels: LabelRequest | None):
     """Admit the request (503 when its work would wait too long), then run it unless its client goes
     away (see `run_inference`). Admission happens right after parsing, with no await in between."""
     state = state_of(request)
@@ -102,7 +101,7 @@ async def infer(
     admission.admit(len(images))
     state.metrics.queue_depth.set(admission.in_flight)
     try:
-        return await unless_gone(request, run_inference(state, images, labels, template, multi_label))
+        return await unless_gone(request, run_inference(state, images, labels))
     finally:
         admission.release(len(images))
         state.metrics.queue_depth.set(admission.in_flight)
@@ -113,7 +112,7 @@ async def infer(
 async def score(request: Request) -> JSONResponse:
     state = state_of(request)
     req = parse_score_request(await read_json(request), state.config.limits)
-    label_emb, probs = await infer(request, req.images, req.labels, None)
+    label_emb, probs = await infer(request, req.images, state.label_request(req.labels, None))
     return JSONResponse(score_response(list(label_emb.labels), probs))
 
 
@@ -121,7 +120,7 @@ async def score(request: Request) -> JSONResponse:
 async def invocations(request: Request) -> JSONResponse:
     state = state_of(request)
     req = parse_mlflow_request(await read_json(request), state.config.limits)
-    label_emb, probs = await infer(request, req.images, req.labels, None)
+    label_emb, probs = await infer(request, req.images, state.label_request(req.labels, None))
     return JSONResponse({"predictions": score_response(list(label_emb.labels), probs)})
 
 
@@ -129,7 +128,7 @@ async def invocations(request: Request) -> JSONResponse:
 async def hugging_face(request: Request) -> JSONResponse:
     state = state_of(request)
     req, many = parse_hf_request(await read_json(request), state.config.limits)
-    label_emb, probs = await infer(request, req.images, req.labels, req.template)
+    label_emb, probs = await infer(request, req.images, state.label_request(req.labels, req.template))
     return JSONResponse(hf_response(list(label_emb.labels), probs, many))
 
 
@@ -143,23 +142,21 @@ async def classify_upload(
     multi_label: bool = Form(False, description="score each label on its own against its calibrated threshold"),
 ) -> JSONResponse:
     state = state_of(request)
-    state.require_ready()  # 503 while loading: the fixed labels below are known only then
+    state.require_ready()
     limits = state.config.limits
-    if labels is None or not labels.strip():
-        if state.fixed_labels is None:
-            raise ApiError(
-                400, "invalid_labels", "no labels given (only an edge pack or --label-embeddings has its own)"
-            )
-        label_list = list(state.fixed_labels.labels)  # the server's own (a pack's, or --label-embeddings')
-    else:
+    label_list = None  # none given: the model's fixed labels (a pack's, or --label-embeddings'), by the label rules
+    if labels is not None and labels.strip():
         label_list = parse_labels(labels)
         check_labels(label_list, limits)
     if template:
-        validate_template(template)
+        validate_template(template)  # refused before the images are looked at, as the other fields
+    label_request = state.label_request(label_list, template or None, multi_label)
     files = [f for f in files or () if f.filename or f.size]  # an HTML form's empty file field is no file
     url = url.strip() if url and url.strip() else None  # an empty field counts as not given
     if bool(files) == (url is not None):
         raise ApiError(400, "invalid_input", "give image files or one url, not both" if files else "no image given")
+    sources: list[Any]
+    names: list[str | None]
     if url is not None:
         if len(url) > MAX_URL_CHARS or not is_url(url):
             raise ApiError(400, "invalid_input", f"url must be an http or https URL of at most {MAX_URL_CHARS} chars")
@@ -168,7 +165,7 @@ async def classify_upload(
         if len(files) > limits.max_images:
             raise ApiError(400, "too_many_images", f"{len(files)} files; the limit is {limits.max_images}")
         sources, names = [await f.read() for f in files], [f.filename for f in files]
-    label_emb, probs = await infer(request, sources, label_list, template, multi_label)
+    label_emb, probs = await infer(request, sources, label_request)
     if multi_label:  # {"labels", "scores", "present"}: present may be empty ("none of these labels")
         rows = [format_result(label_emb.labels, row, multi_label=True) for row in probs]
     else:
@@ -180,7 +177,7 @@ async def classify_upload(
 async def embed_image(request: Request) -> JSONResponse:
     state = state_of(request)
     images = _json_list(await read_json(request), "images", state.config.limits.max_images)
-    _, emb = await infer(request, images, None, None)
+    _, emb = await infer(request, images, None)
     return JSONResponse({"embeddings": emb.tolist(), "dim": int(emb.shape[1])})
 
 
@@ -259,7 +256,11 @@ async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
 
 
 async def on_bad_value(request: Request, e: Exception) -> JSONResponse:
-    code = {TemplateError: "invalid_template", LabelError: "invalid_labels", ImageError: "invalid_image"}
+    code: dict[type[Exception], str] = {
+        TemplateError: "invalid_template",
+        LabelError: "invalid_labels",
+        ImageError: "invalid_image",
+    }
     return _reply(request, 400, code.get(type(e), "invalid_input"), str(e))
 
 
@@ -373,5 +374,5 @@ def create_guarded_app(config: ServeConfig) -> Any:
             allow_headers=["Authorization", "X-Api-Key", "Content-Type", "X-Request-Id", "X-Ms-Client-Request-Id"],
             expose_headers=["X-Request-Id", "X-Ms-Request-Id", "X-Ms-Client-Request-Id", "X-Ms-Run-Fn-Exec-Ms"],
         )
-    guarded.state = app.state  # type: ignore[attr-defined]
+    guarded.state = app.state
     return guarded

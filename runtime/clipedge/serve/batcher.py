@@ -136,7 +136,7 @@ class DynamicBatcher:
         self.fn, self.executor = fn, executor
         self.max_batch, self.max_wait = max_batch, max_wait
         self.on_batch = on_batch
-        self._items: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._items: deque[tuple[np.ndarray | list[np.ndarray], asyncio.Future]] = deque()
         self._pending = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -185,7 +185,7 @@ class DynamicBatcher:
             if self.max_wait > 0 and self._queued_images() < self.max_batch:
                 await asyncio.sleep(self.max_wait)
             while self._items:
-                batch: list[tuple[np.ndarray, asyncio.Future]] = []
+                batch: list[tuple[np.ndarray | list[np.ndarray], asyncio.Future]] = []
                 size = 0
                 while self._items and (not batch or size + len(self._items[0][0]) <= self.max_batch):
                     item = self._items.popleft()

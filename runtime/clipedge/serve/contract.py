@@ -22,17 +22,10 @@ from typing import Any
 
 from ..labels import parse_labels
 from ..templates import TemplateError, is_utf8, validate_template
+from .config import Limits
 from .errors import ApiError
 
 HF_DEFAULT_TEMPLATE = "This is a photo of {}."  # transformers' ZeroShotImageClassificationPipeline default
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_images: int = 64
-    max_labels: int = 1000
-    max_label_chars: int = 300
-    max_image_chars: int = 16 * 1024 * 1024  # one base64 string or URL
 
 
 @dataclass(frozen=True)

@@ -177,4 +177,4 @@ class Guard:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given = given or auth[7:].strip()
-        return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())  # type: ignore[union-attr]
+        return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())

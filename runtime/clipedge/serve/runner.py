@@ -16,8 +16,8 @@ import uvicorn
 
 from ..decoders import return_freed_memory
 from .app import create_guarded_app
+from .config import DRAIN_SECONDS, HOST, PORT, ServeConfig
 from .protocol import protocol_class
-from .state import ServeConfig
 
 log = logging.getLogger("clipedge.serve")
 
@@ -35,7 +35,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def run_server(
-    config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, drain_seconds: float = 30.0
+    config: ServeConfig, host: str = HOST, port: int = PORT, drain_seconds: float = DRAIN_SECONDS
 ) -> str | None:
     """Serve until stopped. Returns None after a drain, or the one-line reason the model failed to load
     (the server stops at once then; `clipedge serve` exits with status 1)."""
@@ -47,7 +47,7 @@ def run_server(
         host=host,
         port=port,
         log_level="info",
-        timeout_graceful_shutdown=drain_seconds,
+        timeout_graceful_shutdown=drain_seconds,  # type: ignore[arg-type]  # uvicorn's stub says int; it waits a float
         limit_concurrency=None,
         server_header=False,
         http=protocol_class(config.client_timeout),

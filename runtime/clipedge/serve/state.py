@@ -17,72 +17,26 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..classifier import ZeroShotClassifier, is_url
+from ..classifier import ZeroShotClassifier
 from ..decoders import DecodeProcesses, DecoderCrashed
 from ..fetch import FetchError, fetch_url
-from ..images import ImageError, safe_url
-from ..labels import LabelEmbeddings, LabelError
-from ..options import LoadOptions
-from ..templates import TemplateError, resolve_templates
+from ..images import DecodePolicy, ImageError, is_url, safe_url
+from ..label_rules import LabelRequest
+from ..labels import LabelEmbeddings, LabelError, LabelFileError
+from ..templates import TemplateError
 from .batcher import Admission, DynamicBatcher, QueueFull
-from .contract import Limits
+from .config import ServeConfig
 from .errors import ApiError
 from .metrics import Metrics
 
 log = logging.getLogger("clipedge.serve")
 FETCHES_PER_REQUEST = 8
 IMAGE_ERROR = "The provided image string cannot be decoded. Expected format is base64 string or url string"
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """The endpoint's configuration: how to load the model, and the server's limits."""
-
-    load: LoadOptions = field(default_factory=lambda: LoadOptions(thread_pool="shared"))
-    max_batch: int = 32
-    max_wait_ms: float = 0.0
-    max_queue: int = 256  # images admitted at once, whatever the time budget says
-    max_queue_ms: float = 1000.0  # refuse when the admitted work would take longer than this
-    max_body_bytes: int = 32 * 1024 * 1024
-    limits: Limits = field(default_factory=Limits)
-    api_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    # processes decoding and preprocessing images (about 40 MB each at rest): one per core, at most 4
-    decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
-    fetch_workers: int = 32
-    pixel_budget: int = 100_000_000  # pixels decoding at once, across requests
-    template: str | None = None
-    # a label-embedding file (`labels build` or `calibrate`): its labels need no text-tower work, and with
-    # thresholds it enables multi-label requests; an edge pack's own labels play this part by themselves
-    label_embeddings: str | None = None
-    client_timeout: float = 10.0  # headers, and each gap in a body, must arrive within this
-    min_body_rate: float = 4096  # bytes/s a body must average after client_timeout seconds
-    max_body_seconds: float = 120.0  # a body must be complete within this, however steadily it arrives
-    max_text_jobs: int = 16  # label / text embedding jobs waiting for the text tower
-
-    def __post_init__(self) -> None:
-        positive = {
-            "max_batch": self.max_batch,
-            "max_queue": self.max_queue,
-            "max_queue_ms": self.max_queue_ms,
-            "max_body_bytes": self.max_body_bytes,
-            "decode_workers": self.decode_workers,
-            "fetch_workers": self.fetch_workers,
-            "pixel_budget": self.pixel_budget,
-            "client_timeout": self.client_timeout,
-            "min_body_rate": self.min_body_rate,
-            "max_body_seconds": self.max_body_seconds,
-            "max_text_jobs": self.max_text_jobs,
-            **{f"limits.{k}": v for k, v in vars(self.limits).items()},
-        }
-        bad = [k for k, v in positive.items() if not (v > 0 and v != float("inf"))]
-        if bad or self.max_wait_ms < 0:
-            raise ValueError(f"ServeConfig: {', '.join(bad) or 'max_wait_ms'} must be a finite number above 0")
 
 
 def _yield_to_the_event_loop() -> None:
@@ -106,8 +60,6 @@ class State:
         self.load_error: str | None = None
         self.on_load_failed: Any = None  # set by the runner: stops the server
         self.text_pending = 0
-        self.fixed_labels: LabelEmbeddings | None = None  # --label-embeddings, or an edge pack's labels
-        self.fixed_match_template = True  # the server's --template (if any) is the fixed labels' own
 
         def pool(n: int, name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
@@ -118,36 +70,34 @@ class State:
         self.text_pool = pool(1, "clipedge-text")
         self.parse_pool = pool(2, "clipedge-json")
         # no file paths from the network: base64 or URLs only; messages never repeat the caller's strings
-        self.policy = config.load.decode_policy(untrusted=True)
+        self.policy = DecodePolicy.from_options(config.load, untrusted=True)
 
     def load(self) -> float:
-        """Load and warm up (runs on the inference thread). Returns the tower's images/s at max_batch."""
+        """Load and warm up (runs on the inference thread). Returns the tower's images/s at max_batch.
+
+        Raises:
+            What `ZeroShotClassifier.load` raises; TemplateError: fixed labels made with another template
+            than the server's (the label rules, checked once at start).
+        """
         c = self.config
-        self.clf = c.load.load(self.policy)
-        h, w = self.clf.bundle.manifest.preprocess.crop_size
-        for n in sorted({1, c.max_batch}):  # warm up the shapes the batcher will use
-            self.clf.embed(np.zeros((n, 3, h, w), dtype=np.float32), batch_size=n)
+        clf = ZeroShotClassifier.load(c.load, decode_policy=self.policy)
+        if clf.fixed_labels is not None:
+            clf.labels(self.label_request(None, None))  # the server's template must be the fixed labels' own
+        clf.warm_up((1, c.max_batch), c.template)  # the shapes the batcher will use
+        h, w = clf.bundle.manifest.preprocess.crop_size
         pixels = np.zeros((c.max_batch, 3, h, w), dtype=np.float32)
         best = float("inf")
         for _ in range(3):  # the admission's first rate estimate: the tower alone, best of three
             t0 = time.perf_counter()
-            self.clf.embed(pixels, batch_size=c.max_batch)
+            clf.embed(pixels, batch_size=c.max_batch)
             best = min(best, time.perf_counter() - t0)
-        rate = c.max_batch / max(best, 1e-6)
-        if c.label_embeddings:
-            self.fixed_labels = self.clf.load_labels(c.label_embeddings)
-        elif self.clf.packed_labels is not None:
-            self.fixed_labels = self.clf.packed_labels
-        if self.fixed_labels is not None and c.template is not None:
-            self.fixed_match_template = tuple(resolve_templates(c.template)) == tuple(self.fixed_labels.templates)
-            if not self.fixed_match_template and not self.clf.bundle.has_text_tower:
-                raise TemplateError(
-                    f"--template differs from this edge pack's template ({self.fixed_labels.templates[0]!r}); "
-                    "a pack cannot embed labels under another one"
-                )
-        if self.clf.bundle.has_text_tower:
-            self.clf.label_embeddings(["warm-up"], c.template)
-        return rate
+        self.clf = clf
+        return c.max_batch / max(best, 1e-6)
+
+    def label_request(self, labels: list[str] | None, template: str | None, multi_label: bool = False) -> LabelRequest:
+        """A request's labels (None: the fixed labels), under its template or else the server's."""
+        names = None if labels is None else tuple(labels)
+        return LabelRequest(names, None, template or self.config.template, multi_label)
 
     async def start_decoders(self) -> None:
         """Start the decoding processes (from the event loop's thread, which lives as long as the server:
@@ -191,37 +141,11 @@ class State:
             self.decoders.shutdown()
 
 
-def fixed_subset(state: State, labels: list[str] | None, template: str | None, multi_label: bool):
-    """The server's fixed labels (a pack's, or --label-embeddings) for this request, or None when the
-    request's labels must be embedded. Multi-label requests need fixed labels with thresholds.
-
-    Raises:
-        LabelError: a multi-label request the fixed labels cannot answer.
-    """
-    fixed = state.fixed_labels
-    if multi_label:
-        if fixed is None or fixed.thresholds is None:
-            raise LabelError(
-                "multi-label scoring needs calibrated thresholds: start the server with --label-embeddings "
-                "FILE from `clipedge calibrate`, or with an edge pack made with them"
-            )
-        if template:
-            raise LabelError("multi-label requests use the calibrated labels' own template: send none")
-        return fixed if labels is None else fixed.subset(labels)
-    if fixed is None or template or labels is None or not set(labels) <= set(fixed.labels):
-        return None
-    if not state.fixed_match_template:  # --template differs from the file's: embed as the server says
-        return None
-    return fixed.subset(labels)
-
-
-async def run_inference(
-    state: State, images: list[Any], labels: list[str] | None, template: str | None, multi_label: bool = False
-):
+async def run_inference(state: State, images: list[Any], labels: LabelRequest | None):
     """The endpoint's one path from request to result rows (admission is the caller's: `app.infer`).
 
     Returns:
-        (label embeddings, probabilities [N, L]) when labels are given (multi-label: scores [N, L], see
+        (label embeddings, probabilities [N, L]) when labels are asked for (multi-label: scores [N, L], see
         `ZeroShotClassifier.score_multi`), else (None, embeddings [N, D]).
 
     Raises:
@@ -229,37 +153,35 @@ async def run_inference(
     """
     clf, batcher, _ = state.require_ready()
     label_task = None
-    try:
-        fixed = fixed_subset(state, labels, template, multi_label)
-    except LabelError as e:
-        raise ApiError(400, "invalid_labels", str(e)) from None
-    if fixed is not None:
-        label_task = asyncio.ensure_future(asyncio.sleep(0, fixed))
-    elif labels is not None:
-        templates = template or state.config.template
-        try:  # labels seen before need no turn on the text tower's thread
-            cached = clf.cached_label_embeddings(labels, templates)
-        except (LabelError, TemplateError):
-            cached = None  # reported in its turn, after the images (as when it is embedded)
-        if cached is not None:
-            label_task = asyncio.ensure_future(asyncio.sleep(0, cached))
+    if labels is not None:
+        try:  # fixed labels, and labels seen before, need no turn on the text tower's thread
+            ready = clf.ready_labels(labels)
+        except (LabelError, LabelFileError, TemplateError) as e:
+            raise label_error(e) from None
+        if ready is not None:
+            label_task = asyncio.ensure_future(asyncio.sleep(0, ready))
         else:
-            label_task = asyncio.ensure_future(text_work(state, clf.labels, labels, templates))
+            label_task = asyncio.ensure_future(text_work(state, clf.labels, labels))
     try:
         pixels = await _prepare_all(state, images)
         emb = await batcher.submit(pixels)
         state.metrics.images.inc(len(pixels))
-        if label_task is None:
+        if label_task is None or labels is None:
             return None, emb
         label_emb: LabelEmbeddings = await label_task
-    except (LabelError, TemplateError) as e:
-        raise ApiError(400, "invalid_labels" if isinstance(e, LabelError) else "invalid_template", str(e)) from None
+    except (LabelError, LabelFileError, TemplateError) as e:
+        raise label_error(e) from None
     finally:
         if label_task is not None and not label_task.done():
             label_task.cancel()
         elif label_task is not None and not label_task.cancelled():
             label_task.exception()  # retrieved: a label error after an image error is not logged as lost
-    return label_emb, (clf.score_multi(emb, label_emb) if multi_label else clf.score(emb, label_emb))
+    return label_emb, (clf.score_multi(emb, label_emb) if labels.multi_label else clf.score(emb, label_emb))
+
+
+def label_error(e: Exception) -> ApiError:
+    """A label rule's refusal as a 400: invalid_template for templates, invalid_labels otherwise."""
+    return ApiError(400, "invalid_template" if isinstance(e, TemplateError) else "invalid_labels", str(e))
 
 
 async def text_work(state: State, fn: Any, *args: Any) -> Any:
@@ -320,4 +242,4 @@ async def _prepare_all(state: State, sources: list[Any]) -> list[np.ndarray]:
             raise ApiError(503, "decoder_restarted", str(r), headers={"Retry-After": "1"})
         if isinstance(r, BaseException):
             raise r
-    return results  # type: ignore[return-value]  # stacked by the batcher, off the event loop
+    return results  # stacked by the batcher, off the event loop
