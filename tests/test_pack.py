@@ -236,3 +236,39 @@ def test_thresholds_of_another_precision_warn_at_every_load(calibrated, tmp_path
             with caplog.at_level("WARNING", logger="clipedge"):
                 ZeroShotClassifier.load(model, "fp32", "cpu", **extra)
             assert "thresholds were calibrated with the int8 image tower; the image tower runs in fp32" in caplog.text
+
+
+def test_calibrate_refuses_thresholds_below_the_floors(shapes, tmp_path, capsys):
+    """A class folder holding another class's images: its label is told apart from nothing, so no file is
+    written (exit 2, the label named with its figures) unless --force; every label's precision, recall and F1
+    are reported."""
+    root = tmp_path / "cal"
+    shutil.copytree(shapes[0], root)
+    shutil.rmtree(root / "red circle")
+    shutil.copytree(shapes[0] / "blue cross", root / "red circle")  # wrong images in the class folder
+    out = tmp_path / "th.npz"
+    args = ["calibrate", str(root), "-m", str(DEMO), "--precision", "int8", "--labels", "red circle, green star",
+            "-o", str(out)]  # fmt: skip
+    assert main(args) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "label 'red circle': its " in err and "not written: 1 label(s) below the floors" in err
+    assert "green star" not in err.split("not written")[0]  # the sound label is not blamed
+    assert main([*args, "--force", "--json"]) == 0 and out.exists()
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "warning: label 'red circle'" in captured.err and len(report["problems"]) == 1
+    fits = report["labels"]
+    assert set(fits) == {"red circle", "green star"} and fits["green star"]["f1"] == 1.0
+    assert fits["green star"]["precision"] == 1.0 and fits["green star"]["recall"] == 1.0
+
+
+def test_eval_runs_on_a_pack_with_its_own_template(tmp_path, capsys):
+    """docs/edge.md says packs work in eval: the pack's template is the default, its labels the classes."""
+    out = make_pack(DEMO, tmp_path / "pack", "int8", "red circle, green star", templates="a photo of a {}.")
+    data = tmp_path / "data"
+    for name in ("red_circle", "green_star"):
+        (data / name).mkdir(parents=True)
+        (data / name / "a.png").write_bytes((EXAMPLES / f"{name}.png").read_bytes())
+    assert main(["eval", str(data), "-m", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["top1_accuracy"] == {"int8": 1.0}

@@ -27,6 +27,33 @@ from .options import LoadOptions
 from .templates import DEFAULT_TEMPLATE
 
 OBJECTIVE = "per-label F1 on the calibration images (positives: the label's class folder; negatives: all others)"
+# Floors below which a label's threshold is not worth writing (docs/edge.md, "Multi-label scoring"): its best
+# F1, and the share of the other classes' images its threshold would tag (a label told apart from nothing
+# gets its best F1 by tagging nearly every image)
+MIN_F1 = 0.5
+MAX_FALSE_POSITIVE_RATE = 0.5
+
+
+@dataclass(frozen=True)
+class LabelFit:
+    """One label's threshold and what it gives on the calibration images."""
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+    false_positive_rate: float  # the share of the other classes' images it tags
+
+    def problem(self) -> str | None:
+        """Why this fit is implausible (below a floor), or None."""
+        if self.f1 < MIN_F1:
+            return f"its best F1 is {self.f1:.2f} (the floor is {MIN_F1})"
+        if self.false_positive_rate > MAX_FALSE_POSITIVE_RATE:
+            return (
+                f"its threshold tags {self.false_positive_rate:.0%} of the other classes' images (at most "
+                f"{MAX_FALSE_POSITIVE_RATE:.0%}); F1 {self.f1:.2f}"
+            )
+        return None
 
 
 @dataclass
@@ -37,6 +64,11 @@ class Calibration:
     images: int
     f1: dict[str, float] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    fits: dict[str, LabelFit] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """One line per label whose fit is below a floor (`LabelFit.problem`), naming it."""
+        return [f"label {name!r}: {p}" for name, fit in self.fits.items() if (p := fit.problem())]
 
 
 def embed_paths(
@@ -81,6 +113,22 @@ def fit_threshold(cosines: np.ndarray, positive: np.ndarray) -> tuple[float, flo
     k = int(np.flatnonzero(f1 == best)[0])  # the fewest images tagged among the best cuts
     t = (s[k] + s[k + 1]) / 2 if k + 1 < len(s) else s[k] - 1e-3
     return float(t), best
+
+
+def label_fit(cosines: np.ndarray, positive: np.ndarray) -> LabelFit:
+    """`fit_threshold`, with the precision, recall and false positive rate the threshold gives."""
+    positive = positive.astype(bool)
+    t, f1 = fit_threshold(cosines, positive)
+    tagged = cosines >= t
+    tp = int((tagged & positive).sum())
+    negatives = int((~positive).sum())
+    return LabelFit(
+        threshold=t,
+        f1=f1,
+        precision=tp / max(1, int(tagged.sum())),
+        recall=tp / max(1, int(positive.sum())),
+        false_positive_rate=int((tagged & ~positive).sum()) / negatives if negatives else 0.0,
+    )
 
 
 def calibrate(
@@ -132,11 +180,14 @@ def calibrate(
     emb, kept, failed = embed_paths(clf, paths, progress=progress)
     y = targets[kept]
     cos = emb @ label_emb.embeddings.T
-    thresholds, f1 = [], {}
+    fits: dict[str, LabelFit] = {}
     for j, name in enumerate(names):
-        t, score = fit_threshold(cos[:, j], y == classes.index(name))
-        thresholds.append(t)
-        f1[name] = round(score, 4)
+        positive = y == classes.index(name)
+        if not positive.any():
+            raise LabelError(f"label {name!r}: no image of its class folder in {dataset} could be read")
+        fits[name] = label_fit(cos[:, j], positive)
+    thresholds = [fit.threshold for fit in fits.values()]
+    f1 = {name: round(fit.f1, 4) for name, fit in fits.items()}
     info: dict[str, Any] = {
         "vision_precision": clf.precision,
         "objective": OBJECTIVE,
@@ -145,9 +196,11 @@ def calibrate(
         "images": len(kept),
         "classes": len(classes),
         "f1": f1,
+        "precision": {name: round(fit.precision, 4) for name, fit in fits.items()},
+        "recall": {name: round(fit.recall, 4) for name, fit in fits.items()},
     }
     fitted = replace(label_emb, thresholds=np.asarray(thresholds, np.float32), calibration=info)
-    return Calibration(fitted, len(kept), f1, failed)
+    return Calibration(fitted, len(kept), f1, failed, fits)
 
 
 def multi_label_figures(clf: ZeroShotClassifier, labels: LabelEmbeddings, dataset: str | Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,15 @@ from PIL import Image
 from .bundle import Bundle, load_bundle
 from .encoder import ClipEncoder
 from .images import DecodePolicy, ImageError, ImageInput, is_url
-from .label_rules import NEEDS_THRESHOLDS, LabelPlan, LabelRequest, load_fixed_labels, no_text_tower, plan_labels
+from .label_rules import (
+    NEEDS_THRESHOLDS,
+    LabelPlan,
+    LabelRequest,
+    check_distinct,
+    load_fixed_labels,
+    no_text_tower,
+    plan_labels,
+)
 from .labels import (
     LabelCache,
     LabelEmbeddings,
@@ -28,6 +36,7 @@ from .labels import (
 from .options import LoadOptions, ProviderSpec
 from .preprocess import prepare_pixels
 from .scoring import multi_label_scores, zero_shot_probs
+from .templates import fill
 from .tokenizer import ClipTokenizer
 
 
@@ -49,6 +58,7 @@ class ZeroShotClassifier:
     decode_policy: DecodePolicy
     cache: LabelCache
     fixed_labels: LabelEmbeddings | None = None  # an edge pack's own, or LoadOptions.label_embeddings
+    _distinct_sets: set[tuple[str, tuple[str, ...]]] = field(default_factory=set, repr=False)  # checked already
 
     @classmethod
     def load(
@@ -161,7 +171,7 @@ class ZeroShotClassifier:
             LabelError: no texts, or an empty or invalid one.
             NoTextTowerError: an edge pack (no text tower).
         """
-        texts = check_labels(texts, what="text")
+        texts = check_labels(texts, what="text", unique=False)
         return embed_label_texts(texts, ["{}"], self._tokenizer("text embeddings").encode, self.encoder.embed_token_ids)
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,), templates: str | Sequence[str] | None = None) -> None:
@@ -191,6 +201,7 @@ class ZeroShotClassifier:
         plan = self._plan(request)
         if plan.ready is not None:
             return plan.ready
+        self._distinct(plan.names, plan.templates)
         templates_, key, found = self._cached(plan.names, plan.templates)
         missing = [label for label, emb in found.items() if emb is None]
         if missing:
@@ -211,6 +222,7 @@ class ZeroShotClassifier:
         plan = self._plan(request)
         if plan.ready is not None:
             return plan.ready
+        self._distinct(plan.names, plan.templates)
         templates, _, found = self._cached(plan.names, plan.templates)
         if any(emb is None for emb in found.values()):
             return None
@@ -258,6 +270,21 @@ class ZeroShotClassifier:
                 message = f"{path}: {message}"
             raise LabelFileError(message) from None
         return labels
+
+    def _distinct(self, names: Sequence[str], templates: tuple[str, ...]) -> None:
+        """Labels whose prompts tokenise alike (the tokenizer ignores case; prompts are cut at the context
+        length) would get the same embedding: refused, naming both (`label_rules.check_distinct`). The
+        template that cuts least shows the most of each label, so it alone decides."""
+        if len(names) < 2:
+            return
+        key = (templates_key(templates), tuple(names))
+        if key in self._distinct_sets:
+            return
+        template = min(templates, key=lambda t: len(t.split("{}")[0]))
+        check_distinct(self._tokenizer("new labels").encode([fill(template, n) for n in names]))
+        if len(self._distinct_sets) >= 1024:
+            self._distinct_sets.clear()
+        self._distinct_sets.add(key)
 
     def _tokenizer(self, what: str) -> ClipTokenizer:
         if self.tokenizer is None:

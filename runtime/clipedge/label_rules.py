@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .bundle import Bundle, BundleError
 from .labels import LabelEmbeddings, LabelError, check_labels, parse_labels
 from .templates import TemplateError, resolve_templates
@@ -137,6 +139,38 @@ def plan_labels(request: LabelRequest, given: LabelEmbeddings | None, text_tower
             raise LabelError(unknown_label(given, missing, "multi-label scoring takes only calibrated labels"))
     assert names is not None
     return LabelPlan(None, names, templates)
+
+
+def check_distinct(token_ids: np.ndarray) -> None:
+    """Labels whose prompts give the same token ids (one row each, padded alike) would get the same
+    embedding: refused, naming the first two by position.
+
+    Raises:
+        LabelError: two rows are equal.
+    """
+    first: dict[bytes, int] = {}
+    for i, row in enumerate(np.ascontiguousarray(token_ids)):
+        j = first.setdefault(row.tobytes(), i)
+        if j != i:
+            raise LabelError(
+                f"labels {j} and {i} give the same tokens (the tokenizer ignores case, and a prompt is cut at "
+                f"{token_ids.shape[1]} tokens): they would get the same embedding; make them differ earlier"
+            )
+
+
+def check_nameable(labels: Sequence[str]) -> None:
+    """Labels that Azure's /score and /classify can name (they split labels on commas): an edge pack's labels
+    are its only ones, so one with a comma could never be asked for there.
+
+    Raises:
+        LabelError: a label holds a comma (named by position).
+    """
+    for i, label in enumerate(labels):
+        if "," in label:
+            raise LabelError(
+                f"label {i} holds a comma: Azure's /score and /classify split labels on commas and could never "
+                "name it; use another separator (e.g. ';' or ' or ')"
+            )
 
 
 def unknown_label(given: LabelEmbeddings, position: int, why: str) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,21 +60,33 @@ def read_labels_file(path: str | Path) -> list[str]:
     return labels
 
 
-def check_labels(labels: Sequence[object], what: str = "label") -> list[str]:
-    """The labels as a list of non-empty UTF-8 strings (`what` names them in messages, e.g. "text").
+def check_labels(labels: Sequence[object], what: str = "label", unique: bool = True) -> list[str]:
+    """The labels as a list of UTF-8 strings with something visible and no control character, each given
+    once (`unique`; spaces normalised). `what` names them in messages (e.g. "text"); messages name
+    positions, never the labels' text (the endpoint shows them).
 
     Raises:
-        LabelError: no labels, or a label that is empty, not a string, or not valid Unicode.
+        LabelError: no labels, or a label that is empty (or invisible), not a string, not valid Unicode,
+            holds a control character, or repeats an earlier one.
     """
     items = list(labels)
     if not items:
         raise LabelError(f"no {what}s given: the list is empty")
     out: list[str] = []
+    seen: dict[str, int] = {}
     for i, label in enumerate(items):
         if not isinstance(label, str) or not label.strip():
             raise LabelError(f"{what} {i} is empty or not a string")
         if not is_utf8(label):
             raise LabelError(f"{what} {i} is not valid Unicode text (a lone surrogate?)")
+        if any(unicodedata.category(c) == "Cc" for c in label):
+            raise LabelError(f"{what} {i} holds a control character (NUL, a line break, ...)")
+        if all(c.isspace() or unicodedata.category(c) == "Cf" for c in label):
+            raise LabelError(f"{what} {i} has nothing visible (only spaces and zero-width characters)")
+        key = " ".join(label.split())
+        if unique and key in seen:
+            raise LabelError(f"{what}s {seen[key]} and {i} are the same {what}: give each once")
+        seen.setdefault(key, i)
         out.append(label)
     return out
 
@@ -157,7 +170,13 @@ class LabelEmbeddings:
         except FileNotFoundError:
             raise LabelFileError(f"{path}: no such label-embedding file") from None
         except (OSError, ValueError, KeyError) as e:
-            raise LabelFileError(f"{path}: not a clipedge label-embedding file ({e})") from None
+            if "Object arrays" in str(e):  # numpy's own messages advise loading pickles unsafely: never
+                raise LabelFileError(
+                    f"{path}: holds pickled Python objects, which clipedge never loads (files from `clipedge labels "
+                    "build` or `calibrate` hold none)"
+                ) from None
+            reason = "not an .npz archive" if "allow_pickle" in str(e) else str(e)
+            raise LabelFileError(f"{path}: not a clipedge label-embedding file ({reason})") from None
         if meta.get("format") != FILE_FORMAT:
             raise LabelFileError(f"{path}: unsupported label-embedding file format {meta.get('format')!r}")
         if bundle_hash is not None and meta.get("bundle_hash") != bundle_hash:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .bundle import LABELS_FILE, PACK_FORMAT, PACK_KIND, PACK_MANIFEST, Bundle, BundleError, Variant, load_bundle
 from .classifier import ZeroShotClassifier
-from .label_rules import LabelRequest
+from .label_rules import LabelRequest, check_nameable
 from .labels import LabelEmbeddings, parse_labels
 from .manifest import file_entry
 
@@ -70,6 +70,7 @@ def make_pack(
         src.path, precision=precision, text_precision=text_precision, provider="cpu", engine="onnxruntime"
     )
     fixed = clf.labels(request)
+    check_nameable(fixed.labels)
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -66,10 +66,11 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
 
 # -- calibrate ------------------------------------------------------------------------------------------
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from ..batch.local import progress_bar
-    from ..calibrate import calibrate, multi_label_figures
+    from ..calibrate import MAX_FALSE_POSITIVE_RATE, MIN_F1, calibrate, multi_label_figures
     from ..classifier import ZeroShotClassifier
 
     bars: list = []  # tqdm's bar on a terminal (its own handling: nothing written into logs), made at the first call
@@ -88,8 +89,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         finally:
             if bars and bars[0] is not None:
                 bars[0].close()
+        problems = cal.problems()
+        for line in problems:
+            print(f"clipedge: {'warning: ' if args.force else ''}{line}", file=sys.stderr)
+        if problems and not args.force:
+            _print_fits(cal)
+            return fail(
+                f"{args.output} not written: {len(problems)} label(s) below the floors (best F1 {MIN_F1}, at most "
+                f"{MAX_FALSE_POSITIVE_RATE:.0%} of other images tagged); check their class folders, or write it "
+                "anyway with --force"
+            )
         cal.labels.save(args.output)
-        report = {"output": args.output, "images": cal.images, "f1": cal.f1, "failed": len(cal.failed)}
+        report = {
+            "output": args.output,
+            "images": cal.images,
+            "f1": cal.f1,
+            "labels": {name: dataclasses.asdict(fit) for name, fit in cal.fits.items()},
+            "failed": len(cal.failed),
+            "problems": problems,
+        }
         if args.eval:
             report["eval"] = multi_label_figures(ZeroShotClassifier.load(options), cal.labels, args.eval)
     except OSError as e:
@@ -101,12 +119,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    width = max(len(n) for n in cal.f1)
     print(f"wrote {args.output}: thresholds for {len(cal.f1)} labels from {cal.images} images "
           f"(vision {cal.labels.calibration['vision_precision']}, text {cal.labels.precision})")  # fmt: skip
-    thresholds = [] if cal.labels.thresholds is None else cal.labels.thresholds.tolist()
-    for (name, f1), t in zip(cal.f1.items(), thresholds, strict=True):
-        print(f"  {name:<{width}}  threshold {t:.4f}  F1 {f1:.3f}")
+    _print_fits(cal)
     if args.eval:
         fig = report["eval"]
         print(
@@ -115,6 +130,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"{fig['unlabelled_no_label']:.3f}"
         )
     return 0
+
+
+def _print_fits(cal) -> None:
+    width = max(len(n) for n in cal.fits)
+    for name, fit in cal.fits.items():
+        print(
+            f"  {name:<{width}}  threshold {fit.threshold:.4f}  precision {fit.precision:.3f}  recall {fit.recall:.3f}"
+            f"  F1 {fit.f1:.3f}"
+        )
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
@@ -137,4 +161,7 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output .npz (label embeddings with thresholds)")
     p.add_argument("--eval", default=None, help="a second labelled folder to report multi-label figures on")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--force", action="store_true",
+                   help="write the file even when a label's fit is below the floors (best F1 0.5; its threshold "
+                        "tagging at most half of the other classes' images)")  # fmt: skip
     p.set_defaults(func=cmd_calibrate)

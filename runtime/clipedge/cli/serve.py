@@ -41,21 +41,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return fail(str(e))
     if args.api_key_env and not api_key:
         return fail(f"--api-key-env {args.api_key_env}: that environment variable is empty")
-    config = ServeConfig(
-        load=load,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.queue_size,
-        max_queue_ms=args.max_queue_ms,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        limits=Limits(max_images=args.max_images, max_labels=args.max_labels, max_label_chars=args.max_label_chars),
-        api_key=api_key,
-        cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
-        template=args.template,
-        pixel_budget=args.pixel_budget,
-        **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
-        client_timeout=args.client_timeout,
-    )
+    try:
+        config = ServeConfig(
+            load=load,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.queue_size,
+            max_queue_ms=args.max_queue_ms,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            limits=Limits(max_images=args.max_images, max_labels=args.max_labels, max_label_chars=args.max_label_chars),
+            api_key=api_key,
+            cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
+            template=args.template,
+            pixel_budget=args.pixel_budget,
+            **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
+            client_timeout=args.client_timeout,
+        )
+    except ValueError as e:  # a value the endpoint refuses (e.g. more decoding processes than this machine takes)
+        return fail(str(e).removeprefix("ServeConfig: ").replace("decode_workers", "--decode-workers"))
     error = run_server(config, args.host, args.port, args.drain_seconds)
     return fail(f"model failed to load: {error}", 1) if error else 0
 
@@ -96,8 +99,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-budget", type=positive_int, default=serve.pixel_budget,
                    help="pixels being decoded at once, across requests (default %(default)s)")  # fmt: skip
     p.add_argument("--decode-workers", type=positive_int, default=None,
-                   help="processes decoding and preprocessing images (default one per core, at most 4; "
-                        "about 40 MB each)")  # fmt: skip
+                   help="processes decoding and preprocessing images (default one per core, at most 4; about "
+                        "40 MB each; more than the cores warns, more than twice the cores is refused)")  # fmt: skip
     p.add_argument("--client-timeout", type=positive_float, default=serve.client_timeout,
                    help="seconds for a request's headers, and for each gap in its body "
                         "(default %(default)s)")  # fmt: skip

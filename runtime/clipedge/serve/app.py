@@ -43,7 +43,7 @@ from .contract import (
     parse_score_request,
     score_response,
 )
-from .errors import ApiError, error_body
+from .errors import ApiError, error_body, rows_named
 from .guard import BodyTooLarge, Guard, SlowBody
 from .state import ServeConfig, State, run_inference, text_work
 from .ui import ui_router
@@ -119,16 +119,22 @@ async def score(request: Request) -> JSONResponse:
 @router.post("/invocations", summary="MLflow 2.x scoring: dataframe_split or dataframe_records")
 async def invocations(request: Request) -> JSONResponse:
     state = state_of(request)
-    req = parse_mlflow_request(await read_json(request), state.config.limits)
-    label_emb, probs = await infer(request, req.images, state.label_request(req.labels, None))
+    payload = await read_json(request)
+    records = isinstance(payload, dict) and "dataframe_split" not in payload and "dataframe_records" in payload
+    with rows_named("record {}" if records else "row {}"):  # MLflow's error body has no row field
+        req = parse_mlflow_request(payload, state.config.limits)
+        label_emb, probs = await infer(request, req.images, state.label_request(req.labels, None))
     return JSONResponse({"predictions": score_response(list(label_emb.labels), probs)})
 
 
 @router.post("/", summary="Hugging Face zero-shot-image-classification: inputs + parameters.candidate_labels")
 async def hugging_face(request: Request) -> JSONResponse:
     state = state_of(request)
-    req, many = parse_hf_request(await read_json(request), state.config.limits)
-    label_emb, probs = await infer(request, req.images, state.label_request(req.labels, req.template))
+    payload = await read_json(request)
+    many = isinstance(payload, dict) and isinstance(payload.get("inputs"), list)
+    with rows_named("inputs[{}]" if many else "inputs"):  # Hugging Face's error body has no row field
+        req, many = parse_hf_request(payload, state.config.limits)
+        label_emb, probs = await infer(request, req.images, state.label_request(req.labels, req.template))
     return JSONResponse(hf_response(list(label_emb.labels), probs, many))
 
 
@@ -350,6 +356,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         "Hugging Face's task at POST /",
         version=__version__,
         lifespan=lifespan,
+        redirect_slashes=False,  # Starlette's redirect names the Host header's host: /ui/ is simply not found
     )
     app.state.clipedge = State(config)
     app.include_router(router)

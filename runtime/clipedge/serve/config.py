@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 from ..options import LoadOptions
 
 HOST = "127.0.0.1"  # loopback unless told otherwise
+
+
+def max_decode_workers() -> int:
+    """The most decoding processes a server starts: twice the cores (decoding is CPU work, more processes
+    only wait for a core, at about 40 MB each)."""
+    return 2 * (os.cpu_count() or 1)
+
+
 PORT = 8000
 DRAIN_SECONDS = 30.0  # graceful shutdown limit
 
@@ -64,3 +72,8 @@ class ServeConfig:
         bad = [k for k, v in positive.items() if not (v > 0 and v != float("inf"))]
         if bad or self.max_wait_ms < 0:
             raise ValueError(f"ServeConfig: {', '.join(bad) or 'max_wait_ms'} must be a finite number above 0")
+        if self.decode_workers > max_decode_workers():
+            raise ValueError(
+                f"decode_workers {self.decode_workers}: at most {max_decode_workers()} on this machine (twice its "
+                f"{os.cpu_count()} cores; decoding is CPU work, more processes only wait, at about 40 MB each)"
+            )

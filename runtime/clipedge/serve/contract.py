@@ -20,7 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..labels import parse_labels
+from ..labels import LabelError, parse_labels
+from ..labels import check_labels as checked
 from ..templates import TemplateError, is_utf8, validate_template
 from .config import Limits
 from .errors import ApiError
@@ -163,6 +164,8 @@ def _images(images: list[Any], limits: Limits) -> list[str]:
 
 
 def check_labels(labels: list[str], limits: Limits, row: int | None = None, what: str = "label") -> None:
+    """The server's limits (count, length), then the library's label rules (`clipedge.labels.check_labels`:
+    visible, no control character, each once), before any image is looked at."""
     if not labels:
         raise ApiError(
             400, "invalid_labels", "The provided labels cannot be parsed: no labels after splitting on commas", row
@@ -177,8 +180,10 @@ def check_labels(labels: list[str], limits: Limits, row: int | None = None, what
                 f"{what} {i} has {len(label)} characters; the limit is {limits.max_label_chars}",
                 row,
             )
-        if not is_utf8(label):
-            raise ApiError(400, "invalid_labels", f"{what} {i} is not valid Unicode text (a lone surrogate?)", row)
+    try:
+        checked(labels, what, unique=what == "label")
+    except LabelError as e:
+        raise ApiError(400, "invalid_labels", str(e), row) from None
 
 
 def score_response(labels: list[str], probs: Any) -> list[dict[str, Any]]:

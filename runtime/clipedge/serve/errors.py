@@ -10,7 +10,9 @@ Messages never carry a stack trace, the request's own strings beyond their lengt
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 MLFLOW_CODES = {
@@ -37,6 +39,18 @@ class ApiError(Exception):
 
     def body(self, path: str = "/score") -> dict[str, Any]:
         return error_body(path, self.status, self.code, self.message, self.row)
+
+
+@contextlib.contextmanager
+def rows_named(pattern: str) -> Iterator[None]:
+    """Errors about a row get its name in their message (`pattern` with {} for the 0-based position, e.g.
+    "record {}" or "inputs[{}]"): MLflow's and Hugging Face's error bodies have no field for the row."""
+    try:
+        yield
+    except ApiError as e:
+        if e.row is None:
+            raise
+        raise ApiError(e.status, e.code, f"{pattern.format(e.row)}: {e.message}", e.row, e.headers) from None
 
 
 def error_body(path: str, status: int, code: str, message: str, row: int | None = None) -> dict[str, Any]:

@@ -104,6 +104,12 @@ class State:
         the workers end with it) and wait until they answer."""
         assert self.clf is not None
         c = self.config
+        if c.decode_workers > (os.cpu_count() or 1):
+            log.warning(
+                "%d decoding processes on %d cores: more than one per core only adds memory (about 40 MB each)",
+                c.decode_workers,
+                os.cpu_count() or 1,
+            )
         policy = replace(self.policy, draft=self.clf.decode_policy.draft)  # --fast-jpeg applies here too
         self.decoders = DecodeProcesses(c.decode_workers, policy, self.clf.bundle.manifest.preprocess, c.pixel_budget)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in self.decoders.start()))
