@@ -71,14 +71,16 @@ def test_truncated_gifs_and_resume(folder, tmp_path, capsys):
 
 
 def test_any_exception_is_that_items_error_row(folder, tmp_path, monkeypatch, capsys):
-    real = ZeroShotClassifier.prepare
+    from clipedge.decoders import DecoderPool
 
-    def flaky(self, source, *args, **kwargs):
-        if str(source).endswith("green_star.png"):
+    real = DecoderPool.submit
+
+    def flaky(self, sources, *args, **kwargs):
+        if str(sources[0]).endswith("green_star.png"):
             raise RuntimeError("a decoder bug nobody foresaw")
-        return real(self, source, *args, **kwargs)
+        return real(self, sources, *args, **kwargs)
 
-    monkeypatch.setattr(ZeroShotClassifier, "prepare", flaky)
+    monkeypatch.setattr(DecoderPool, "submit", flaky)
     out = tmp_path / "out.jsonl"
     assert run(folder, "--labels", LABELS, "-o", out) == 1
     rows = {r["id"]: r for r in read_rows(out)}
@@ -369,3 +371,32 @@ def test_a_huge_jsonl_line_is_skipped_without_being_held(tmp_path, monkeypatch):
     table.write_text(json.dumps({"image": "x" * 5000}) + "\n" + json.dumps({"image": str(EXAMPLES[0])}) + "\n")
     rows = list(sources.table_rows(table))
     assert rows[0][1] == "line 1: row exceeds the limit of 1,000 bytes" and rows[1][1]["image"] == str(EXAMPLES[0])
+
+
+def test_an_image_that_outlasts_its_decode_deadline_is_its_rows_error(folder, tmp_path):
+    """The watchdog of batch mode: an image whose decoding runs past its deadline has its process killed and
+    replaced, and is its row's error; the other rows are scored (a deadline short enough for a 49-megapixel
+    PNG, about 0.3 s to decode, to outlast it; the demo's small images take a few milliseconds)."""
+    from clipedge.batch import LocalEngine
+    from clipedge.batch.sinks import open_writer
+    from clipedge.batch.sources import open_input
+    from clipedge.decoders import Deadline
+    from clipedge.label_rules import LabelRequest
+
+    side = 7000
+    Image.new("1", (side, side), 1).save(folder / "huge.png")
+    clf = ZeroShotClassifier.load(DEMO, "int8", "cpu")
+    engine = LocalEngine(clf, batch_size=4, workers=2, deadline=Deadline(base_s=0.05, per_megapixel_s=0.0))
+    out = tmp_path / "out.jsonl"
+    writer = open_writer(out, "native")
+    try:
+        request = LabelRequest(tuple(LABELS.split(", ")))
+        summary = engine.run(open_input(str(folder)), request, clf.labels(request), "", writer, set())
+    finally:
+        writer.close()
+    rows = {r["id"]: r for r in read_rows(out)}
+    assert rows["huge.png"]["error"].endswith(
+        "decoding did not finish within 0.1 s (its decoder was stopped and replaced)"
+    )
+    assert all(rows[p.name]["error"] is None for p in EXAMPLES)
+    assert summary.scored == len(EXAMPLES) + 1  # and the animated GIF; cut.gif is damaged

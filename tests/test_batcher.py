@@ -57,37 +57,40 @@ def test_lists_of_images_are_assembled_off_the_event_loop():
     assert all(tid != loop_thread for tid, _ in seen) and sum(shape[0] for _, shape in seen) == 6
 
 
-def test_admission_bounds_the_queue_by_time():
-    a = Admission(max_queue_ms=1000, max_images=256, rate=50.0)
-    a.admit(64)  # alone on an idle server: admitted however large
+def test_admission_bounds_each_clients_queue_by_time():
+    a = Admission(max_queue_ms=1000, max_images=256, rate=50.0)  # 0.02 s an image in the tower
+    big = a.cost([0] * 64)  # 1.28 s
+    a.admit("c", 64, big)  # nothing of c's in flight: admitted however large
     with pytest.raises(QueueFull, match="ms of work queued; the limit is 1000 ms") as refused:
-        a.admit(1)  # 65 images at 50/s is 1.3 s
+        a.admit("c", 1, a.cost([0]))  # c's own 65 images are 1.3 s
     assert refused.value.retry_after >= 1 and a.in_flight == 64
-    a.release(64)
-    a.admit(40)
-    a.check(9)  # 49 images: 0.98 s
+    a.admit("d", 10, a.cost([0] * 10))  # another client is judged by its own work: admitted
+    a.check("d", a.cost([0] * 10), 10)  # at its share of the server: 2 clients x 0.4 s
     with pytest.raises(QueueFull):
-        a.check(11)
+        a.check("d", a.cost([0] * 20), 20)  # 2 x 0.6 s: its share is half while c has work
+    a.release("d", 10, a.cost([0] * 10))
+    a.release("c", 64, big)
+    a.admit("c", 40, a.cost([0] * 40))
+    a.check("c", a.cost([0] * 9), 9)  # 49 images: 0.98 s
+    with pytest.raises(QueueFull):
+        a.check("c", a.cost([0] * 11), 11)
     small = Admission(max_queue_ms=60_000, max_images=4, rate=1000.0)
-    small.admit(3)
+    small.admit("c", 3, small.cost([0] * 3))
     with pytest.raises(QueueFull, match="the queue holds 4"):
-        small.admit(2)
+        small.admit("d", 2, small.cost([0] * 2))  # the bound on images in flight is everyone's
 
 
-def test_admission_learns_the_cost_of_work_not_of_waiting():
+def test_admission_prices_pixels_and_learns_the_cost_of_work_not_of_waiting():
     a = Admission(max_queue_ms=1000, max_images=1000, rate=1000.0, cores=2, smoothing=0.5)
     for _ in range(12):
         a.observe(10, 1.0)  # the tower: 10 images a second
-    assert 9.0 < a.rate < 11.0
-    a.admit(20)
-    with pytest.raises(QueueFull):
-        a.check(1)  # 21 images at 10/s is 2.1 s
-    a.release(20)
-    for _ in range(200):
-        a.observe_decode(0.1)  # decoding costs 0.1 CPU-s per image, over 2 cores
-    assert 6.0 < a.rate < 7.0  # 1 / (0.1 + 0.05)
+    assert 0.09 < a.cost([0]) < 0.11
+    for _ in range(400):
+        a.observe_decode(0.1, 750_000)  # decoding: 0.1 CPU-s for a 0.75-megapixel image, over 2 cores
+    assert 0.14 < a.cost([750_000]) < 0.16  # 0.1 + 0.1 / 2
+    assert 2.5 < a.cost([49_000_000]) < 2.6  # 49 megapixels cost what their decoding costs: 0.1 + 2.46 s
     # time spent waiting on a slow remote is never observed: it does not lower the rate
-    a.check(500)  # nothing in flight: admitted however large
+    a.check("c", a.cost([0] * 500), 500)  # nothing in flight: admitted however large
 
 
 def test_a_burst_at_an_idle_server_is_refused_before_its_bodies_are_read(monkeypatch):
@@ -95,15 +98,14 @@ def test_a_burst_at_an_idle_server_is_refused_before_its_bodies_are_read(monkeyp
     monkeypatch.setattr("clipedge.serve.batcher.time.monotonic", lambda: clock[0])
     a = Admission(max_queue_ms=1000, max_images=1000, rate=50.0)
     for _ in range(30):
-        a.per_request = 0.8 * a.per_request + 0.2 * 64  # requests have been weighing 64 images
+        a.per_request = 0.8 * a.per_request + 0.2 * a.cost([0] * 64)  # requests have been weighing 64 images
     with contextlib.ExitStack() as reading:
-        reading.enter_context(a.reading_body())  # the first body of a burst: read
+        reading.enter_context(a.reading_body("c"))  # the first body of a burst: read
         with pytest.raises(QueueFull, match="ms of work queued"):
-            reading.enter_context(a.reading_body())  # the rest: refused before their bodies (64 images ~ 1.3 s)
+            reading.enter_context(a.reading_body("c"))  # the rest: refused before their bodies (64 images ~ 1.3 s)
+        reading.enter_context(a.reading_body("d"))  # another client's body is its own
         clock[0] += 1.5  # that body is still arriving after the whole budget: a slow client, no longer counted
-        reading.enter_context(a.reading_body())
-        assert a.reading == 1
-    assert a.reading == 0
+        reading.enter_context(a.reading_body("c"))
 
 
 def test_cancelled_requests_are_dropped_and_errors_reach_every_request():

@@ -12,7 +12,7 @@ import pytest
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
 # floors, lowest first: a module may import its own floor's modules (without a circle) and lower floors'
 FLOORS = [
-    ("bundle", {"version", "lazy", "manifest", "options", "bundle"}),
+    ("bundle", {"version", "lazy", "fair", "manifest", "options", "bundle"}),
     ("inputs", {"fetch", "images", "preprocess", "tokenizer", "templates", "decoders"}),
     ("scoring", {"scoring"}),
     ("engines", {"threads", "providers", "openvino_engine", "selection"}),

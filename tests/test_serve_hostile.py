@@ -4,6 +4,7 @@ assertions keep a margin of 10x or more over the configured limit or the expecte
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -492,3 +493,57 @@ def test_a_slow_remote_does_not_make_the_server_refuse_others():
                 time.sleep(0.1)
             attack.result()
     assert codes and codes.count(200) / len(codes) > 0.9, codes
+
+
+# -- issue 21: fair share, chunk floods, hung decoders ---------------------------------------------------------
+def test_a_body_of_tiny_chunks_is_cut_off_and_others_are_served(server):
+    """10^5 one-byte chunks and no end: the server does not wait for the rest (it answers 400 naming the
+    chunk size, or closes the connection, long before its 1 s client timeout would answer 408), and keeps
+    answering everyone else; a chunked body in chunks of a normal size is read as ever."""
+    head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        answer = b""
+        try:
+            sock.sendall(head + b"1\r\n{\r\n" * 100_000)
+            sock.settimeout(0.5)
+            answer = sock.recv(4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed with the rest unread: the kernel resets the connection
+    assert not answer or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert not answer or b"chunks_too_small" in answer
+    t0 = time.monotonic()
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    assert time.monotonic() - t0 < 1.0  # 10x the 100 ms target (figures: bench.serve_load --chunk-flood)
+
+    body = json.dumps(score_body(RED)).encode()
+
+    def pieces():
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    r = httpx.post(server.url + "/score", content=pieces(), headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.slow
+def test_heavy_clients_slow_themselves_not_a_light_one():
+    """Four clients sending 16 one-bit PNGs of 49 megapixels a request back to back (the per-request cap
+    lifted, so that their work is admitted and done), one light client sending a small image every 0.5 s,
+    each from its own loopback address: the light client is answered (figures, and the 2 s p99 target, in
+    bench.serve_load --attack); the heavy ones still get answers. One honest client sending 12 Full-HD JPEGs a
+    request does not make the light client's requests fail either."""
+    from bench.serve_load import attack, full_hd_jpeg, heavy_png
+    from bench.serve_load import score_body as bench_body
+
+    with ServerProcess(DEMO, "--max-request-pixels", "1000000000") as s:
+        row = asyncio.run(attack(s.port, bench_body(heavy_png(49), 16), 4, 16, 10))
+        light, heavy = row["light"], row["heavy"]
+        assert light["requests"] >= 15 and light["share_200"] >= 0.95, row
+        assert light["all_p99_ms"] < 10 * 500, row  # 10x what a light request waits for (one 49 MP decode)
+        assert heavy["answered_200"] >= 1, row
+        honest = asyncio.run(attack(s.port, bench_body(full_hd_jpeg(), 12), 1, 12, 6))
+        assert honest["light"]["share_200"] == 1.0 and honest["heavy"]["answered_200"] >= 1, honest
+    with ServerProcess(DEMO) as s:  # the default per-request cap: such a request is refused, naming the cap
+        r = httpx.post(s.url + "/score", content=bench_body(heavy_png(49), 16), timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_pixels"
+        assert "the limit is 256,000,000 a request" in r.json()["message"]

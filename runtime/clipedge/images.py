@@ -12,9 +12,7 @@ import binascii
 import contextlib
 import io
 import re
-import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,45 +36,6 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message names the input and the problem."""
 
 
-class _Count:
-    value = 0
-
-
-class PixelBudget:
-    """Pixels being decoded at once, across threads (or, made with a multiprocessing context, across the
-    processes it is handed to when they start): a decode waits until its image fits the budget (an image
-    larger than the whole budget runs alone). Bounds the memory of concurrent large decodes."""
-
-    def __init__(self, total: int, timeout: float = 30.0, context: Any = None):
-        self.total, self.timeout = total, timeout
-        if context is None:
-            self._cond: Any = threading.Condition()
-            self._used: Any = _Count()
-        else:  # shared memory and a lock the processes started with this budget all see
-            self._cond = context.Condition()
-            self._used = context.Value("q", 0, lock=False)
-
-    @property
-    def in_use(self) -> int:
-        return self._used.value
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """Raises ImageError when the image does not get its turn within `timeout` seconds."""
-        used = self._used
-        with self._cond:
-            fits = self._cond.wait_for(lambda: used.value == 0 or used.value + pixels <= self.total, self.timeout)
-            if not fits:
-                raise ImageError(f"server busy decoding large images ({pixels:,} pixels waited {self.timeout:g} s)")
-            used.value += pixels
-        try:
-            yield
-        finally:
-            with self._cond:
-                used.value -= pixels
-                self._cond.notify_all()
-
-
 @dataclass(frozen=True)
 class DecodePolicy:
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -84,7 +43,6 @@ class DecodePolicy:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     draft: int | None = None  # JPEG: let libjpeg decode at 1/2, 1/4, 1/8 scale down to >= this shortest edge
     allow_paths: bool = True  # False for untrusted input (the HTTP endpoint): strings are base64 or URLs only
-    budget: PixelBudget | None = None  # shared by every decode under this policy (the endpoint sets one)
 
     @property
     def redact(self) -> bool:
@@ -298,15 +256,50 @@ def open_image(
     return _open(io.BytesIO(_b64(text, name, policy.allow_paths)), policy, name), name
 
 
+PROBE_CHARS = 64 * 1024  # a header is read from this much of a base64 string first
+
+
+def probe_pixels(source: Any, allow_paths: bool = False) -> int | None:
+    """An encoded image's pixel count from its header, before any decoding (what the endpoint prices a
+    request by), or None when it cannot be read there (an URL, a broken header: the decoder says why later).
+    Reads the first few KB of a base64 string first, all of it only when the header lies further in."""
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return _header_pixels(bytes(source))
+        if isinstance(source, Path) or (allow_paths and isinstance(source, str) and _is_path(source)):
+            with open(Path(source).expanduser(), "rb") as f:
+                return _header_pixels(f.read(1 << 20))
+        if not isinstance(source, str) or is_url(source):
+            return None
+        text = source.strip()
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        text = "".join(text[: PROBE_CHARS + 4096].split())
+        prefix = text[: len(text) // 4 * 4]
+        pixels = _header_pixels(decode_base64(prefix)) if prefix else None
+        return pixels if pixels is not None or len(prefix) < PROBE_CHARS else _header_pixels(decode_base64(source))
+    except (ImageError, OSError, ValueError):
+        return None
+
+
+def _is_path(text: str) -> bool:
+    return len(text) < 1024 and "\n" not in text and Path(text).expanduser().is_file()
+
+
+def _header_pixels(data: bytes) -> int | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.width * image.height
+    except Exception:  # a truncated prefix or a hostile header: not known here
+        return None
+
+
 def load_image(source: ImageInput, policy: DecodePolicy | None = None) -> Image.Image:
-    """Any supported input -> an 8-bit RGB PIL image; raises ImageError naming the input and the problem.
-    Holds the policy's pixel budget while decoding."""
-    policy = policy or DecodePolicy()
-    image, name = open_image(source, policy)
-    if policy.budget is None:
-        return decode_image(image, name)
-    with policy.budget.hold(image.width * image.height):
-        return decode_image(image, name)
+    """Any supported input -> an 8-bit RGB PIL image; raises ImageError naming the input and the problem."""
+    image, name = open_image(source, policy or DecodePolicy())
+    return decode_image(image, name)
 
 
 def _read(path: Path, name: str) -> io.BytesIO:

@@ -25,6 +25,9 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 POOLS = ("shared", "session", "session-spin")
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any camera's JPEG, far below a decompression bomb
+# a decoding job's deadline, in decoding processes (the endpoint, batch): seconds, plus per megapixel
+DECODE_TIMEOUT_S = 2.0
+DECODE_S_PER_MEGAPIXEL = 0.05
 
 # an ONNX Runtime provider spec: "auto", "cpu", "cuda", "tensorrt", or a list of providers (with options)
 ProviderSpec = str | Sequence[str | tuple[str, dict[str, Any]]]

@@ -102,7 +102,7 @@ def preprocess_batch(images: list[Image.Image], spec: Preprocess) -> np.ndarray:
 
 def prepare_pixels(source: ImageInput, spec: Preprocess, policy: DecodePolicy, name: str | None = None) -> np.ndarray:
     """Any input `clipedge.images` takes -> pixel_values float32 [3, crop_h, crop_w]: open (caps checked),
-    decode under the policy's pixel budget, preprocess. The one path from an image to a tower's input,
+    decode, preprocess. The one path from an image to a tower's input,
     whether it runs in the caller's thread (`ZeroShotClassifier.prepare`) or in a decoding process
     (`clipedge.decoders`).
 
@@ -110,10 +110,7 @@ def prepare_pixels(source: ImageInput, spec: Preprocess, policy: DecodePolicy, n
         ImageError: naming the input and the problem, whatever went wrong (never another exception).
     """
     image, name = open_image(source, policy, name)
-    if policy.budget is None:
-        return _pixels(image, spec, name)
-    with policy.budget.hold(image.width * image.height):
-        return _pixels(image, spec, name)
+    return _pixels(image, spec, name)
 
 
 def _pixels(image: Image.Image, spec: Preprocess, name: str) -> np.ndarray:

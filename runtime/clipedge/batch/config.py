@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..options import LoadOptions
+from ..options import DECODE_TIMEOUT_S, LoadOptions
 
 if TYPE_CHECKING:
     from ..label_rules import LabelRequest
@@ -33,7 +33,8 @@ class BatchJob:
     id_column: str | None = None
     resume: bool = False
     batch_size: int = 32
-    workers: int | None = None  # decode threads (local engine)
+    workers: int | None = None  # threads fetching and waiting for decoding (local engine)
+    decode_timeout: float = DECODE_TIMEOUT_S  # seconds an image's decoding may run (plus 0.05 s a megapixel)
     progress: bool | None = None  # None: a bar on a terminal
     runner: str = "local"  # one of RUNNERS
     ray_address: str | None = None

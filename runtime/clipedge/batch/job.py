@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..classifier import ZeroShotClassifier
+from ..decoders import Deadline
 from ..label_rules import NoLabelsError
 from ..labels import LabelEmbeddings
 from ..templates import resolve_templates
@@ -87,7 +88,8 @@ def run_job(job: BatchJob, prepared: Prepared | None = None) -> tuple[Summary, P
 
             summary = run_ray(job, p, writer, bar.update if bar else None)
         else:
-            engine = LocalEngine(p.clf, batch_size=job.batch_size, workers=job.workers)
+            deadline = Deadline(base_s=job.decode_timeout)
+            engine = LocalEngine(p.clf, batch_size=job.batch_size, workers=job.workers, deadline=deadline)
             summary = engine.run(
                 p.groups, job.labels, p.labels, p.no_labels, writer, p.skip, bar.update if bar else None
             )

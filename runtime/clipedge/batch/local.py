@@ -1,10 +1,11 @@
-"""The local batch engine: a bounded stream of images through a decode pool into batched inference.
+"""The local batch engine: a bounded stream of images through decoding processes into batched inference.
 
-Decoding and preprocessing run in a thread pool a couple of batches ahead of inference (PIL and numpy
-release the GIL), so the two overlap; at most `lookahead` images, and at most `max_pending_bytes` of
-image strings (base64 cells of several MB each), are held at any time, however large the input. Results
-are written and flushed batch by batch. Every per-item failure, whatever the exception, is that item's
-error row, and the job goes on.
+Decoding and preprocessing run a couple of batches ahead of inference in `clipedge.decoders`' processes (the
+endpoint's), fed by threads that fetch URLs and wait, so the two overlap; at most `lookahead` images, and at
+most `max_pending_bytes` of image strings (base64 cells of several MB each), are held at any time, however
+large the input. A decode that runs past its deadline (a hostile image, a hung decoder) has its process killed
+and replaced, and is that item's error row. Results are written and flushed batch by batch. Every per-item
+failure, whatever the exception, is that item's error row, and the job goes on.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from typing import Any
 import numpy as np
 
 from ..classifier import ZeroShotClassifier
-from ..images import ImageError, printable
+from ..decoders import Deadline, DecoderPool
+from ..fetch import FetchError, fetch_url
+from ..images import ImageError, is_url, printable, probe_pixels, safe_url
 from ..label_rules import LabelRequest
 from ..labels import LabelEmbeddings, LabelError, LabelFileError
 from ..templates import TemplateError
 from .sources import Group, Item, describe_ref
 
 MAX_PENDING_BYTES = 256 * 1024 * 1024
+PIXEL_BUDGET = 100_000_000  # pixels being decoded at once
 
 
 @dataclass
@@ -120,19 +124,35 @@ def group_labels(
     return f"{problem}, and {no_labels}; its rows were not scored"
 
 
-def prepare_item(clf: ZeroShotClassifier, item: Item) -> np.ndarray:
-    """Decode + preprocess one item's image; raises ImageError naming it."""
+def prepare_item(clf: ZeroShotClassifier, item: Item, decoders: DecoderPool | None = None) -> np.ndarray:
+    """Decode + preprocess one item's image (in `decoders` when given, else in this thread); raises
+    ImageError naming it."""
     if item.error:
         raise ImageError(item.error)
     if not item.image:
         raise ImageError("row has no image value")
-    return clf.prepare(item.image)
+    if decoders is None:
+        return clf.prepare(item.image)
+    source: str | bytes = item.image
+    name = None
+    if is_url(item.image):  # fetched here: waiting, not work (the decoding processes never fetch)
+        name = safe_url(item.image)
+        try:
+            source = fetch_url(item.image.strip(), clf.decode_policy.fetch)
+        except FetchError as e:
+            raise ImageError(f"{name}: {e}") from None
+    [(result, _)] = decoders.submit([source], [name], [probe_pixels(source, allow_paths=True)]).result()
+    if isinstance(result, ImageError):
+        raise result
+    return result
 
 
-def prepare_or_error(clf: ZeroShotClassifier, item: Item) -> np.ndarray | Exception:
+def prepare_or_error(
+    clf: ZeroShotClassifier, item: Item, decoders: DecoderPool | None = None
+) -> np.ndarray | Exception:
     """`prepare_item`, with any failure returned in place of the pixels (never raised)."""
     try:
-        return prepare_item(clf, item)
+        return prepare_item(clf, item, decoders)
     except ImageError as e:
         return e
     except Exception as e:  # whatever it is, it is this item's problem, not the job's
@@ -162,17 +182,22 @@ class LocalEngine:
         batch_size: int = 32,
         workers: int | None = None,
         max_pending_bytes: int = MAX_PENDING_BYTES,
+        deadline: Deadline | None = None,
     ):
+        """`workers`: threads that fetch and wait for decoding (default: cores, 2..8); decoding runs in one
+        process per core (at most 4), each job under `deadline`."""
         self.clf, self.batch_size = clf, batch_size
         self.workers = workers or default_workers()
         self.max_pending_bytes = max_pending_bytes
+        self.deadline = deadline or Deadline()
+        self.decoders: DecoderPool | None = None
 
     def _prepared(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple[Item, Future]]:
         lookahead = 2 * self.batch_size + self.workers
         queue: deque[tuple[Item, Future]] = deque()
         pending = 0
         for item in items:
-            queue.append((item, pool.submit(prepare_or_error, self.clf, item)))
+            queue.append((item, pool.submit(prepare_or_error, self.clf, item, self.decoders)))
             pending += len(item.image)
             while queue and (len(queue) >= lookahead or pending > self.max_pending_bytes):
                 done = queue.popleft()
@@ -195,6 +220,12 @@ class LocalEngine:
         summary = Summary()
         start = time.perf_counter()
         self.request, self.fallback, self.no_labels = request, labels, no_labels
+        processes = max(1, min(4, os.cpu_count() or 1, self.workers))
+        spec = self.clf.bundle.manifest.preprocess
+        self.decoders = DecoderPool(
+            processes, self.clf.decode_policy, spec, PIXEL_BUDGET, nice=0, deadline=self.deadline
+        )
+        self.decoders.start()
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="clipedge-decode") as pool:
                 for group in groups:
@@ -202,6 +233,8 @@ class LocalEngine:
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            self.decoders.shutdown(grace=0.5)
+            self.decoders = None
             summary.seconds = time.perf_counter() - start
         return summary
 

@@ -16,6 +16,7 @@ from .common import (
     known_errors,
     label_request,
     load_options,
+    positive_float,
     positive_int,
 )
 
@@ -36,6 +37,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             resume=args.resume,
             batch_size=args.batch_size,
             workers=args.workers,
+            decode_timeout=args.decode_timeout,
             progress=False if args.no_progress else None,
             runner=args.runner,
             ray_address=args.ray_address,
@@ -84,7 +86,11 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", default=None, help="table column to use as the row id (default: row number)")
     p.add_argument("--resume", action="store_true", help="skip rows already in the output and append")
     p.add_argument("--batch-size", type=positive_int, default=BATCH.batch_size, help="default %(default)s")
-    p.add_argument("--workers", type=positive_int, default=BATCH.workers, help="decode threads (default: cores, 2..8)")
+    p.add_argument("--workers", type=positive_int, default=BATCH.workers,
+                   help="threads that fetch URLs and wait for decoding (default: cores, 2..8)")  # fmt: skip
+    p.add_argument("--decode-timeout", type=positive_float, default=BATCH.decode_timeout,
+                   help="seconds an image's decoding may run, plus 0.05 s a megapixel; then its decoding process "
+                        "is killed and replaced, and the image is its row's error (default %(default)s)")  # fmt: skip
     p.add_argument("--fast-jpeg", action="store_true", help="decode large JPEGs at reduced scale (faster)")
     add_url_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

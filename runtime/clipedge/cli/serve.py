@@ -54,8 +54,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cors_origins=tuple(o.strip() for o in (args.cors or "").split(",") if o.strip()),
             template=args.template,
             pixel_budget=args.pixel_budget,
+            max_request_pixels=args.max_request_pixels,
+            decode_timeout=args.decode_timeout,
             **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
             client_timeout=args.client_timeout,
+            client_header=args.client_header,
         )
     except ValueError as e:  # a value the endpoint refuses (e.g. more decoding processes than this machine takes)
         return fail(str(e).removeprefix("ServeConfig: ").replace("decode_workers", "--decode-workers"))
@@ -98,6 +101,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="pixels per image, checked before decoding (default %(default)s)")  # fmt: skip
     p.add_argument("--pixel-budget", type=positive_int, default=serve.pixel_budget,
                    help="pixels being decoded at once, across requests (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-request-pixels", type=positive_int, default=serve.max_request_pixels,
+                   help="pixels in one request's images, read from their headers before decoding (400 above; "
+                        "default %(default)s)")  # fmt: skip
+    p.add_argument("--decode-timeout", type=positive_float, default=serve.decode_timeout,
+                   help="seconds a decoding job may run, plus 0.05 s a megapixel; then its decoder is killed and "
+                        "replaced, and the image that hung it gets a 400 (default %(default)s)")  # fmt: skip
     p.add_argument("--decode-workers", type=positive_int, default=None,
                    help="processes decoding and preprocessing images (default one per core, at most 4; about "
                         "40 MB each; more than the cores warns, more than twice the cores is refused)")  # fmt: skip
@@ -105,7 +114,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds for a request's headers, and for each gap in its body "
                         "(default %(default)s)")  # fmt: skip
     add_url_args(p)
-    p.add_argument("--api-key-env", default=None, help="name of an environment variable holding the API key")
+    p.add_argument("--api-key-env", default=None,
+                   help="name of an environment variable holding the API key, or several separated by commas (one "
+                        "per client: clients are told apart by their key)")  # fmt: skip
+    p.add_argument("--client-header", default=None,
+                   help="behind a reverse proxy that sets it: the header whose first address names the client "
+                        "(e.g. X-Forwarded-For), for the fair share of work; never set it without such a proxy "
+                        "(clients could then pick their own identity)")  # fmt: skip
     p.add_argument("--cors", default=None, help="comma-separated allowed origins (CORS is off by default)")
     p.add_argument("--drain-seconds", type=positive_float, default=DRAIN_SECONDS,
                    help="graceful shutdown limit (default %(default)s)")  # fmt: skip

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..classifier import format_result
-from ..images import ImageError, is_url, safe_url
+from ..images import ImageError, is_url, probe_pixels, safe_url
 from ..label_rules import LabelRequest
 from ..labels import LabelError, parse_labels
 from ..providers import without_dirs
@@ -44,7 +44,7 @@ from .contract import (
     score_response,
 )
 from .errors import ApiError, error_body, rows_named
-from .guard import BodyTooLarge, Guard, SlowBody
+from .guard import BodyTooLarge, Guard, SlowBody, client_of
 from .state import ServeConfig, State, run_inference, text_work
 from .ui import ui_router
 
@@ -82,10 +82,10 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
 
 
 async def read_json(request: Request) -> Any:
-    """The body as JSON; refused (503) before it is read when the queue is already full."""
+    """The body as JSON; refused (503) before it is read when its client's queue is already full."""
     state = state_of(request)
     _, _, admission = state.require_ready()
-    with admission.reading_body():
+    with admission.reading_body(client_of(request.scope)):
         body = await request.body()
         if len(body) < 65536:
             return parse_json(body)
@@ -94,17 +94,38 @@ async def read_json(request: Request) -> Any:
 
 
 async def infer(request: Request, images: list[Any], labels: LabelRequest | None):
-    """Admit the request (503 when its work would wait too long), then run it unless its client goes
-    away (see `run_inference`). Admission happens right after parsing, with no await in between."""
+    """Price the request by its images' pixels (read from their headers: no decoding), refuse it when it holds
+    more than `max_request_pixels` (400) or when its client's work would wait too long (503), then run it
+    unless its client goes away (see `run_inference`)."""
     state = state_of(request)
     _, _, admission = state.require_ready()
-    admission.admit(len(images))
+    client = client_of(request.scope)
+    if sum(len(x) for x in images if isinstance(x, str | bytes)) < PROBE_INLINE_CHARS:
+        pixels = probe_all(images)
+    else:  # many or large images: their headers are read off the event loop
+        pixels = await asyncio.get_running_loop().run_in_executor(state.parse_pool, probe_all, images)
+    known = sum(p or 0 for p in pixels)  # an URL's image is known once fetched (its decoding is priced then)
+    cap = state.config.max_request_pixels
+    if known > cap:
+        raise ApiError(
+            400, "too_many_pixels", f"the request's images hold {known:,} pixels; the limit is {cap:,} a request"
+        )
+    cost = admission.cost([p if p is not None or is_url(x) else 0 for p, x in zip(pixels, images, strict=True)])
+    admission.admit(client, len(images), cost)
     state.metrics.queue_depth.set(admission.in_flight)
     try:
-        return await unless_gone(request, run_inference(state, images, labels))
+        return await unless_gone(request, run_inference(state, images, labels, client, pixels))
     finally:
-        admission.release(len(images))
+        admission.release(client, len(images), cost)
         state.metrics.queue_depth.set(admission.in_flight)
+
+
+PROBE_INLINE_CHARS = 1 << 20  # requests under this many characters of images have their headers read inline
+
+
+def probe_all(images: list[Any]) -> list[int | None]:
+    """Each image's pixels from its header (None: an URL, or a header that cannot be read)."""
+    return [probe_pixels(x) for x in images]
 
 
 # -- scoring routes -------------------------------------------------------------------------------------
@@ -213,9 +234,12 @@ async def liveness() -> str:
     return "Healthy"
 
 
-@router.get("/health", summary="alive")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/health", summary="alive: 503 when the process cannot make progress (restart it)")
+async def health(request: Request) -> JSONResponse:
+    problem = state_of(request).stuck()
+    if problem:
+        return JSONResponse(error_body("/health", 503, "stuck", problem), status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", summary="200 once the model is loaded and warmed up; 503 before and while draining")
@@ -227,6 +251,9 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse(error_body("/ready", 503, "draining", "server is shutting down"), status_code=503)
     if not state.ready or state.clf is None:
         return JSONResponse(error_body("/ready", 503, "not_ready", "model is loading"), status_code=503)
+    if state.decoders is not None and state.decoders.working() == 0:
+        message = "no image decoder can work now (they are being replaced)"
+        return JSONResponse(error_body("/ready", 503, "decoders_unavailable", message), status_code=503)
     clf = state.clf
     return JSONResponse(
         {

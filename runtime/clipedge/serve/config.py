@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..options import LoadOptions
+from ..options import DECODE_S_PER_MEGAPIXEL, DECODE_TIMEOUT_S, LoadOptions
 
 HOST = "127.0.0.1"  # loopback unless told otherwise
 
@@ -40,12 +40,16 @@ class ServeConfig:
     max_queue_ms: float = 1000.0  # refuse when the admitted work would take longer than this
     max_body_bytes: int = 32 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
-    api_key: str | None = None
+    api_key: str | None = None  # one key, or several separated by commas or spaces (one per client)
+    client_header: str | None = None  # behind a proxy that sets it: the header naming the client's address
     cors_origins: tuple[str, ...] = ()
     # processes decoding and preprocessing images (about 40 MB each at rest): one per core, at most 4
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     fetch_workers: int = 32
     pixel_budget: int = 100_000_000  # pixels decoding at once, across requests
+    max_request_pixels: int = 256_000_000  # pixels in one request's images (from their headers, before decoding)
+    decode_timeout: float = DECODE_TIMEOUT_S  # seconds a decoding job may run, plus decode_s_per_megapixel each MP
+    decode_s_per_megapixel: float = DECODE_S_PER_MEGAPIXEL
     # the template for requests that send none; fixed labels (an edge pack's, or `load.label_embeddings`:
     # no text-tower work for them, and with thresholds multi-label requests) must have been made with it
     template: str | None = None
@@ -63,6 +67,8 @@ class ServeConfig:
             "decode_workers": self.decode_workers,
             "fetch_workers": self.fetch_workers,
             "pixel_budget": self.pixel_budget,
+            "max_request_pixels": self.max_request_pixels,
+            "decode_timeout": self.decode_timeout,
             "client_timeout": self.client_timeout,
             "min_body_rate": self.min_body_rate,
             "max_body_seconds": self.max_body_seconds,

@@ -4,7 +4,11 @@
   100 characters, else a new UUID) and `x-ms-request-id` (the same), `x-ms-client-request-id` (the
   client's, else the request id), and `x-ms-run-fn-exec-ms` (time in the app, milliseconds);
 - the API key (401 before the body is read; `/`, `/health` and `/ready` stay open, as Azure's probes, and
-  so does `GET /ui`, a static page with no data that asks for the key itself: see ui.py);
+  so does `GET /ui`, a static page with no data that asks for the key itself: see ui.py); the key may be one
+  of several (one per client);
+- who the client is, for the fair share of work (DESIGN.md, Shared rules): its API key when keys are on,
+  else its peer address, or, behind a proxy, the address in a header the operator names and the proxy sets
+  (`--client-header`); put in the request's scope as `clipedge.client`;
 - the body cap (413, from Content-Length or while streaming, even when a form parser would have turned the
   failure into a 400);
 - overload: a JSON request for image work is refused here (503, `Retry-After`, before its body is read)
@@ -25,6 +29,7 @@ import hmac
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from .batcher import QueueFull
@@ -112,10 +117,25 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": body})
 
 
+CLIENT = "clipedge.client"  # the scope key of the client's identity
+
+
+def client_of(scope: Mapping[str, Any]) -> str:
+    """The identity the Guard gave a request's client ("" when it did not run)."""
+    return str(scope.get(CLIENT, ""))
+
+
+def api_keys(value: str | None) -> tuple[str, ...]:
+    """The keys an API-key setting holds: one, or several separated by commas or spaces (one per client)."""
+    return tuple(k for k in (value or "").replace(",", " ").split() if k)
+
+
 class Guard:
     def __init__(self, app: Any, state: Any):
         config = state.config
-        self.app, self.clipedge, self.api_key = app, state, config.api_key
+        self.app, self.clipedge = app, state
+        self.api_keys = api_keys(config.api_key)
+        self.client_header = (config.client_header or "").lower()
         self.max_body, self.timeout, self.min_rate = config.max_body_bytes, config.client_timeout, config.min_body_rate
         self.max_seconds = config.max_body_seconds
 
@@ -133,11 +153,13 @@ class Guard:
             m.latency.labels(route).observe(time.perf_counter() - x.start)
 
     async def _handle(self, x: Exchange) -> None:
-        if self.api_key and not self._open(x.path, x.scope) and not self._authorised(x.headers):
+        key = self._key(x.headers) if self.api_keys else None
+        if self.api_keys and not self._open(x.path, x.scope) and key is None:
             # connection: close on every reply before the body is read: the body is never drained for nothing
             extra = {"www-authenticate": "Bearer", "connection": "close"}
             await x.reply(401, "unauthorized", "missing or wrong API key", extra)
             return
+        x.scope[CLIENT] = client = self._client(x, key)
         length = x.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body:
             await x.reply(413, "body_too_large", self._too_large(), {"connection": "close"})
@@ -150,7 +172,7 @@ class Guard:
             and x.scope.get("method") == "POST"
         ):
             try:
-                admission.check()
+                admission.check(client)
             except QueueFull as e:
                 await x.reply(
                     503, "queue_full", e.public_message(), {"retry-after": str(e.retry_after), "connection": "close"}
@@ -172,9 +194,24 @@ class Guard:
     def _open(path: str, scope: dict) -> bool:
         return path in OPEN_ROUTES and scope.get("method") in ("GET", "HEAD")
 
-    def _authorised(self, headers: dict[str, str]) -> bool:
+    def _key(self, headers: dict[str, str]) -> int | None:
+        """The position of the API key the request holds, or None (every key compared: no timing hint)."""
         given = headers.get("x-api-key") or ""
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given = given or auth[7:].strip()
-        return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())
+        found = None
+        for i, key in enumerate(self.api_keys):
+            if hmac.compare_digest(given.encode(), key.encode()) and given:
+                found = i
+        return found
+
+    def _client(self, x: Exchange, key: int | None) -> str:
+        if key is not None:
+            return f"key {key}"
+        if self.client_header:
+            forwarded = x.headers.get(self.client_header, "").split(",")[0].strip()
+            if forwarded:
+                return forwarded[:100]
+        peer = x.scope.get("client")
+        return str(peer[0]) if peer else ""

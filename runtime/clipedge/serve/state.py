@@ -6,7 +6,8 @@ Pools: images are decoded and preprocessed in `decode_workers` processes (`clipe
 loop then never waits for the interpreter lock behind decoding, and answers probes and refusals at once);
 URL fetches wait on remote servers, so they get threads of their own (`fetch_workers`) and never hold
 what decodes other clients' images; the vision tower runs on one inference thread, the text tower on
-another. A pixel budget, shared by the decoding processes, bounds the pixels being decoded at once.
+another. A pixel budget bounds the pixels being decoded at once; decoding and the tower are shared fairly
+between clients, and a decoding job runs under a deadline (`clipedge.decoders`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..classifier import ZeroShotClassifier
-from ..decoders import DecodeProcesses, DecoderCrashed
+from ..decoders import Deadline, DecoderCrashed, DecoderPool
 from ..fetch import FetchError, fetch_url
-from ..images import DecodePolicy, ImageError, is_url, safe_url
+from ..images import DecodePolicy, ImageError, is_url, probe_pixels, safe_url
 from ..label_rules import LabelRequest
 from ..labels import LabelEmbeddings, LabelError, LabelFileError
 from ..templates import TemplateError
@@ -36,6 +37,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("clipedge.serve")
 FETCHES_PER_REQUEST = 8
+STUCK_S = 60.0  # /health fails after this long without progress (the tower on one batch; decoders not starting)
 IMAGE_ERROR = "The provided image string cannot be decoded. Expected format is base64 string or url string"
 
 
@@ -64,7 +66,7 @@ class State:
         def pool(n: int, name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_yield_to_the_event_loop)
 
-        self.decoders: DecodeProcesses | None = None  # started after the model loads (`start_decoders`)
+        self.decoders: DecoderPool | None = None  # started after the model loads (`start_decoders`)
         self.fetch_pool = pool(config.fetch_workers, "clipedge-fetch")
         self.infer_pool = pool(1, "clipedge-vision")  # ONNX Runtime's threads start here and inherit its priority
         self.text_pool = pool(1, "clipedge-text")
@@ -100,8 +102,7 @@ class State:
         return LabelRequest(names, None, template or self.config.template, multi_label)
 
     async def start_decoders(self) -> None:
-        """Start the decoding processes (from the event loop's thread, which lives as long as the server:
-        the workers end with it) and wait until they answer."""
+        """Start the decoding processes and wait until they answer."""
         assert self.clf is not None
         c = self.config
         if c.decode_workers > (os.cpu_count() or 1):
@@ -111,7 +112,9 @@ class State:
                 os.cpu_count() or 1,
             )
         policy = replace(self.policy, draft=self.clf.decode_policy.draft)  # --fast-jpeg applies here too
-        self.decoders = DecodeProcesses(c.decode_workers, policy, self.clf.bundle.manifest.preprocess, c.pixel_budget)
+        deadline = Deadline(c.decode_timeout, c.decode_s_per_megapixel)
+        spec = self.clf.bundle.manifest.preprocess
+        self.decoders = DecoderPool(c.decode_workers, policy, spec, c.pixel_budget, deadline=deadline)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in self.decoders.start()))
 
     def start_batcher(self, rate: float) -> None:
@@ -135,6 +138,19 @@ class State:
         self.batcher.start()
         self.ready = True
 
+    def stuck(self) -> str | None:
+        """Why the process cannot make progress at all (an orchestrator should restart it), or None: the
+        inference thread held by one batch for over STUCK_S, or no decoding process able to start for as
+        long."""
+        batcher, decoders = self.batcher, self.decoders
+        if batcher is not None and batcher.running_since is not None:
+            held = time.monotonic() - batcher.running_since
+            if held > STUCK_S:
+                return f"the vision tower has been running one batch for {held:.0f} s"
+        if decoders is not None and decoders.failing_for() > STUCK_S:
+            return f"no image decoder could start for {decoders.failing_for():.0f} s"
+        return None
+
     def require_ready(self) -> tuple[ZeroShotClassifier, DynamicBatcher, Admission]:
         if not self.ready or self.clf is None or self.batcher is None or self.admission is None:
             raise ApiError(503, "not_ready", "model is loading; retry shortly", headers={"Retry-After": "1"})
@@ -147,8 +163,16 @@ class State:
             self.decoders.shutdown()
 
 
-async def run_inference(state: State, images: list[Any], labels: LabelRequest | None):
-    """The endpoint's one path from request to result rows (admission is the caller's: `app.infer`).
+async def run_inference(
+    state: State,
+    images: list[Any],
+    labels: LabelRequest | None,
+    client: str = "",
+    pixels: list[int | None] | None = None,
+):
+    """The endpoint's one path from request to result rows (admission is the caller's: `app.infer`): decoding
+    and the tower are shared fairly between clients (`client`: the Guard's identity); `pixels` are the images'
+    sizes from their headers (None: not known).
 
     Returns:
         (label embeddings, probabilities [N, L]) when labels are asked for (multi-label: scores [N, L], see
@@ -169,9 +193,9 @@ async def run_inference(state: State, images: list[Any], labels: LabelRequest | 
         else:
             label_task = asyncio.ensure_future(text_work(state, clf.labels, labels))
     try:
-        pixels = await _prepare_all(state, images)
-        emb = await batcher.submit(pixels)
-        state.metrics.images.inc(len(pixels))
+        prepared = await _prepare_all(state, images, client, pixels or [None] * len(images))
+        emb = await batcher.submit(prepared, client)
+        state.metrics.images.inc(len(prepared))
         if label_task is None or labels is None:
             return None, emb
         label_emb: LabelEmbeddings = await label_task
@@ -202,18 +226,20 @@ async def text_work(state: State, fn: Any, *args: Any) -> Any:
         state.text_pending -= 1
 
 
-async def _prepare_all(state: State, sources: list[Any]) -> list[np.ndarray]:
+async def _prepare_all(state: State, sources: list[Any], client: str, pixels: list[int | None]) -> list[np.ndarray]:
+    """Fetch URLs (threads of their own) and decode everything (the decoding processes, in jobs of a few images
+    each, shared fairly with other clients)."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + state.policy.fetch.timeout  # one deadline for every URL of the request
     fetches = asyncio.Semaphore(FETCHES_PER_REQUEST)  # one request cannot take every fetch thread
     admission, decoders = state.admission, state.decoders
     assert decoders is not None
 
-    async def decode(indices: range | list[int], srcs: list[Any], names: list[str | None]) -> None:
-        for i, (result, seconds) in zip(indices, await decoders.prepare(srcs, names), strict=True):
+    async def decode(indices: list[int], srcs: list[Any], names: list[str | None], sizes: list[int | None]) -> None:
+        for i, (result, seconds) in zip(indices, await decoders.prepare(srcs, names, sizes, client), strict=True):
             results[i] = result
             if admission is not None:
-                admission.observe_decode(seconds)
+                admission.observe_decode(seconds, pixels[i])
 
     async def fetch_and_decode(i: int, url: str) -> None:
         name = safe_url(url)
@@ -225,15 +251,16 @@ async def _prepare_all(state: State, sources: list[Any]) -> list[np.ndarray]:
             except FetchError as e:
                 results[i] = ImageError(f"{name}: {e}")
                 return
-        await decode([i], [data], [name])
+        pixels[i] = probe_pixels(data)
+        await decode([i], [data], [name], [pixels[i]])
 
     results: list[Any] = [None] * len(sources)
     urls = [i for i, s in enumerate(sources) if is_url(s)]
     inline = [i for i, s in enumerate(sources) if not is_url(s)]
     jobs = [fetch_and_decode(i, sources[i]) for i in urls]
-    for part in decoders.chunks(len(inline)):
+    for part in decoders.chunks([pixels[i] for i in inline]):
         indices = [inline[k] for k in part]
-        jobs.append(decode(indices, [sources[i] for i in indices], [None] * len(indices)))
+        jobs.append(decode(indices, [sources[i] for i in indices], [None] * len(indices), [pixels[i] for i in indices]))
     tasks = [asyncio.ensure_future(j) for j in jobs]
     try:
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
