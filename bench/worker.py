@@ -106,11 +106,11 @@ def time_ort(args) -> dict:
 
     tok = ClipTokenizer(bundle.path / bundle.manifest.tokenizer.file, bundle.manifest.tokenizer)
 
-    def embed_ids(ids):
-        return text.run(None, {io["text"].input: ids})[0]
+    def embed_tokens(tokens):
+        return text.run(None, {io["text"].input: tokens.ids})[0]
 
     def embed(labels):
-        return embed_label_texts(labels, ["{}"], tok.encode, embed_ids)
+        return embed_label_texts(labels, ["{}"], tok.tokens, embed_tokens)
 
     one = np.random.default_rng(1).standard_normal((1, 3, side, side)).astype(np.float32)
     rounds = iter(range(1, 10**9))

@@ -23,13 +23,13 @@ class CountingText:
 
     def __init__(self, clf):
         self.encoder = clf.encoder
-        self.inner = clf.encoder.embed_token_ids
+        self.inner = clf.encoder.embed_tokens
         self.calls = self.texts = 0
 
-    def __call__(self, ids):
+    def __call__(self, tokens):
         self.calls += 1
-        self.texts += len(ids)
-        return self.inner(ids)
+        self.texts += len(tokens.ids)
+        return self.inner(tokens)
 
 
 def test_classify_shape_order_and_sum(clf):
@@ -61,7 +61,7 @@ def test_softmax_is_stable():
 def test_label_cache_avoids_text_passes(tiny_bundle, monkeypatch):
     clf = ZeroShotClassifier.load(tiny_bundle, precision="int8", provider="cpu")
     counter = CountingText(clf)
-    monkeypatch.setattr(clf.encoder, "embed_token_ids", counter)
+    monkeypatch.setattr(clf.encoder, "embed_tokens", counter)
     labels = [f"object number {i}" for i in range(1000)]
     clf.classify(IMAGES, labels)
     assert counter.texts == 1000 and counter.calls <= 4  # batched, not one pass per label

@@ -85,4 +85,4 @@ def test_a_failing_optional_engine_falls_back_with_a_warning(tiny_bundle, tmp_pa
     assert "OpenVINO cannot compile this model" in caplog.text and "falling back to ONNX Runtime" in caplog.text
     with pytest.raises(Exception, match="OpenVINO cannot compile this model"):
         ZeroShotClassifier.load(broken, engine="openvino")
-    assert json.loads((broken / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((broken / "manifest.json").read_text())["format_version"] == 3

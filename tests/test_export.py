@@ -39,7 +39,8 @@ def test_tiny_bundle_contents(tiny_bundle):
     assert m["source"]["id"] == "tiny"  # the checkpoint folder's name, never a local path (bundles travel)
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["tools"])
     assert not _leftovers(tiny_bundle.parent)
-    assert m["format_version"] == 2
+    assert m["format_version"] == 3 and m["family"] == "clip"
+    assert m["scoring"] == {"kind": "softmax", "logit_bias": 0.0} and m["tokenizer"]["padding"] == "longest"
 
 
 def test_static_int8_is_standard_qdq_calibrated_and_recorded(tiny_bundle):
@@ -75,11 +76,22 @@ def test_old_bundles_still_load(tiny_bundle, tmp_path):
     for p in ("int8-static",):
         m["precisions"].pop(p)
     m.pop("calibration")
+    for key in ("family", "scoring"):  # format 3's family description: a format 1 bundle is CLIP's
+        m.pop(key)
+    for key in ("padding", "attention_mask", "pooling", "normalization"):
+        m["tokenizer"].pop(key)
+    m["preprocess"].pop("resize_mode")
     (old / "manifest.json").write_text(json.dumps(m))
-    assert ZeroShotClassifier.load(old, provider="cpu").precision == "int8"
+    old_clf = ZeroShotClassifier.load(old, provider="cpu")
+    assert old_clf.precision == "int8" and old_clf.bundle.manifest.scoring.kind == "softmax"
+    m["format_version"] = 4
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="format_version 4 is not supported .* upgrade clipedge"):
+        ZeroShotClassifier.load(old)
     m["format_version"] = 3
+    m["scoring"] = {"kind": "some-new-kind"}
     (old / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(Exception, match="format_version 3 is not supported .* upgrade clipedge"):
+    with pytest.raises(Exception, match="scoring.kind 'some-new-kind' is not one this clipedge knows"):
         ZeroShotClassifier.load(old)
 
 
@@ -162,7 +174,7 @@ def _truncated_weights(tmp_path, tiny_checkpoint):
     "case, expected",
     [
         ("missing", "no such folder"),
-        ("not-clip", "model_type is 'bert', not 'clip'"),
+        ("not-clip", "model_type is 'bert'; clipedge exports "),
         ("truncated", "cannot load the weights"),
         ("non-empty-out", "exists and is not empty"),
         ("unwritable-out", "cannot write the output folder"),

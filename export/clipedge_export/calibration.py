@@ -79,6 +79,11 @@ def prompts() -> list[str]:
     return [t.replace("{}", w) for w in WORDS for t in TEMPLATES]
 
 
-def text_inputs(encode: Any) -> list[np.ndarray]:
-    """[1,L] input_ids per prompt, each tokenised alone (no padding)."""
-    return [encode([p]) for p in prompts()]
+def text_inputs(tokenize: Any, mask: str | None = None) -> list[dict[str, np.ndarray]]:
+    """The text tower's feeds per prompt, each tokenised alone (padded only where the family's padding is
+    fixed): input_ids [1,L], and the attention mask under the name `mask` where the tower takes one."""
+    feeds = []
+    for p in prompts():
+        tokens = tokenize([p])
+        feeds.append({"input_ids": tokens.ids, **({mask: tokens.mask()} if mask else {})})
+    return feeds

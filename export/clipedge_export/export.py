@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -24,21 +23,20 @@ from clipedge.bundle import (
     DEFAULT_PRECISIONS,
     FORMAT_VERSION,
     PRECISIONS,
-    Architecture,
     Manifest,
     Source,
-    TokenizerSpec,
     TowerIO,
     Variant,
     file_entry,
     write_manifest,
 )
 
+from . import families
 from . import precisions as prec
 from . import source as src
-from .clip_bpe import BOS, EOS
 from .errors import ExportError
-from .towers import TEXT, VISION, TextTower, VisionTower, export_tower
+from .families import Described
+from .towers import TEXT, TEXT_MASKED, VISION, export_tower
 from .validate import THRESHOLDS, check
 
 DEFAULT_OPSET = 17
@@ -84,21 +82,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def tokenizer_spec(tok: Any, folder: Path, context_length: int) -> TokenizerSpec:
-    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
-    if bos is None or eos is None:
-        raise ExportError(f"{folder}: the tokenizer has no {BOS} / {EOS} tokens: not a CLIP tokenizer")
-    pad = eos
-    cfg = folder / "tokenizer_config.json"
-    if cfg.is_file():
-        pad_token = json.loads(cfg.read_text(encoding="utf-8")).get("pad_token")
-        if isinstance(pad_token, dict):
-            pad_token = pad_token.get("content")
-        if isinstance(pad_token, str) and tok.token_to_id(pad_token) is not None:
-            pad = tok.token_to_id(pad_token)
-    return TokenizerSpec("tokenizer.json", "", context_length, bos, eos, pad)
-
-
 def export_bundle(
     source: str,
     out_dir: str | Path,
@@ -123,10 +106,10 @@ def export_bundle(
         raise ExportError(f"opset {opset} is not supported (use 14..21; default {DEFAULT_OPSET})")
     out = Path(out_dir).expanduser().absolute()
     ckpt = src.resolve(source, revision)  # before creating anything
-    config = src.load_config(ckpt)
+    family = families.for_model_type(src.model_type(ckpt), str(ckpt.folder / "config.json"))
     tmp = prepare_output(out)
     try:
-        manifest = _build(ckpt, config, tmp, out.name, wanted, opset, log, (cal_images, cal_record))
+        manifest = _build(family, ckpt, tmp, out.name, wanted, opset, log, (cal_images, cal_record))
         shutil.rmtree(tmp / "work", ignore_errors=True)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -135,16 +118,6 @@ def export_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-@dataclasses.dataclass(frozen=True)
-class Described:
-    """What the manifest says about a checkpoint besides its files."""
-
-    preprocess: Any
-    tokenizer: TokenizerSpec
-    architecture: Architecture
-    logit_scale: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +132,21 @@ class Graphs:
     fusions: dict[str, Any]
 
 
-def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, log, calibration) -> Manifest:
-    """The steps of an export, in order; each writes into `tmp`."""
+def _build(family, ckpt, tmp: Path, name: str, wanted: list[str], opset: int, log, calibration) -> Manifest:
+    """The steps of an export, in order; each writes into `tmp`. `family`: the module of
+    `clipedge_export.families` that knows the checkpoint's kind."""
     t_start = time.perf_counter()
-    model = src.load_model(ckpt, config)
-    described = _describe(ckpt, config, model, tmp)
-    graphs = _export_graphs(model, config, described, tmp / "work", opset, log)
+    config, model = family.load_model(ckpt)
+    described = family.describe(ckpt, config, model, tmp)
+    if described.preprocess.crop_size != (described.architecture.image_size,) * 2:
+        raise ExportError(
+            f"{ckpt.folder}: the image processor's size {described.preprocess.crop_size} does not match the model's "
+            f"image_size {described.architecture.image_size}"
+        )
+    graphs = _export_graphs(family, model, config, described, tmp / "work", opset, log)
     inputs = _calibration_inputs(calibration[0], described, tmp) if calibration[0] is not None else None
     files = _build_variants(graphs, wanted, tmp, log, inputs)
-    variants = _validate(model, described, files, graphs, tmp, log)
+    variants = _validate(family, model, described, files, graphs, tmp, log)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         name=name,
@@ -177,66 +156,36 @@ def _build(ckpt, config, tmp: Path, name: str, wanted: list[str], opset: int, lo
         tokenizer=described.tokenizer,
         logit_scale=described.logit_scale,
         embeddings_normalized=False,
-        towers={"vision": TowerIO(VISION.input, VISION.output), "text": TowerIO(TEXT.input, TEXT.output)},
+        towers={"vision": TowerIO(VISION.input, VISION.output), "text": described.text_io},
         precisions=variants,
         tools=tool_versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         calibration=calibration[1] or {},
+        family=described.family,
+        scoring=described.scoring,
     )
     write_manifest(tmp, manifest)
     log(f"export took {time.perf_counter() - t_start:.1f} s")
     return manifest
 
 
-def _describe(ckpt, config, model, tmp: Path) -> Described:
-    """Preprocessing, tokenizer (written to tmp/tokenizer.json), architecture figures and logit scale."""
-    vcfg, tcfg = config.vision_config, config.text_config
-    preprocess = src.load_preprocess(ckpt, vcfg.image_size)
-    if preprocess.crop_size != (vcfg.image_size, vcfg.image_size):
-        raise ExportError(
-            f"{ckpt.folder}: preprocessor crop {preprocess.crop_size} does not match the model's image_size "
-            f"{vcfg.image_size}"
-        )
-    tok = src.load_tokenizer(ckpt)
-    tok.save(str(tmp / "tokenizer.json"), pretty=False)
-    spec = tokenizer_spec(tok, ckpt.folder, tcfg.max_position_embeddings)
-    spec = dataclasses.replace(spec, sha256=file_entry(tmp, "tokenizer.json").sha256)
-    arch = Architecture(
-        embed_dim=config.projection_dim,
-        image_size=vcfg.image_size,
-        patch_size=vcfg.patch_size,
-        context_length=tcfg.max_position_embeddings,
-        vocab_size=tcfg.vocab_size,
-        vision_width=vcfg.hidden_size,
-        vision_layers=vcfg.num_hidden_layers,
-        vision_heads=vcfg.num_attention_heads,
-        text_width=tcfg.hidden_size,
-        text_layers=tcfg.num_hidden_layers,
-        text_heads=tcfg.num_attention_heads,
-    )
-    return Described(preprocess, spec, arch, float(model.logit_scale.detach().exp().item()))
-
-
-def _export_graphs(model, config, described: Described, work: Path, opset: int, log) -> Graphs:
+def _export_graphs(family, model, config, described: Described, work: Path, opset: int, log) -> Graphs:
     """torch.onnx.export of each tower, ONNX Runtime's transformer fusions, then the SkipLayerNorm split."""
     import torch
 
-    vcfg, tcfg, spec = config.vision_config, config.text_config, described.tokenizer
     work.mkdir()
     log(f"exporting towers (opset {opset})")
     raw = {"vision": work / "vision.raw.onnx", "text": work / "text.raw.onnx"}
-    h = vcfg.image_size
-    export_tower(VisionTower(model), VISION, torch.zeros(2, 3, h, h), raw["vision"], opset)
-    example_ids = torch.tensor([[spec.bos_id, 320, 1125, spec.eos_id, spec.pad_id]] * 2)
-    example_ids = example_ids.clamp(max=tcfg.vocab_size - 1)
-    export_tower(TextTower(model, spec.eos_id), TEXT, example_ids, raw["text"], opset)
+    h = described.architecture.image_size
+    vision, text = family.towers(model, described)
+    export_tower(vision, VISION, torch.zeros(2, 3, h, h), raw["vision"], opset)
+    text_spec = TEXT_MASKED if described.text_io.attention_mask else TEXT
+    export_tower(text, text_spec, family.text_example(described), raw["text"], opset)
 
-    log("optimising graphs (attention, SkipLayerNorm, QuickGelu fusion)")
+    log("optimising graphs (attention, SkipLayerNorm, Gelu fusion)")
     fused = {"vision": work / "vision.fp32.onnx", "text": work / "text.fp32.onnx"}
-    fusions = {
-        "vision": prec.optimize(raw["vision"], fused["vision"], vcfg.num_attention_heads, vcfg.hidden_size),
-        "text": prec.optimize(raw["text"], fused["text"], tcfg.num_attention_heads, tcfg.hidden_size),
-    }
+    shapes = family.fusion(config)
+    fusions = {t: prec.optimize(raw[t], fused[t], *shapes[t]) for t in ("vision", "text")}
     split = {t: work / f"{t}.fp32.split.onnx" for t in ("vision", "text")}
     for t in ("vision", "text"):
         prec.split_skip_layernorm(fused[t], split[t])
@@ -249,7 +198,8 @@ def _calibration_inputs(images, described: Described, tmp: Path) -> dict[str, li
     from . import calibration as cal
 
     tokenizer = ClipTokenizer(tmp / "tokenizer.json", described.tokenizer)
-    return {"vision": cal.vision_inputs(images, described.preprocess), "text": cal.text_inputs(tokenizer.encode)}
+    text = cal.text_inputs(tokenizer.tokens, described.text_io.attention_mask)
+    return {"vision": [{VISION.input: x} for x in cal.vision_inputs(images, described.preprocess)], "text": text}
 
 
 def _build_variants(graphs: Graphs, wanted: list[str], tmp: Path, log, inputs=None) -> dict[str, dict[str, Path]]:
@@ -272,7 +222,7 @@ def _build_variants(graphs: Graphs, wanted: list[str], tmp: Path, log, inputs=No
     return files
 
 
-def _validate(model, described: Described, files, graphs: Graphs, tmp: Path, log) -> dict[str, Variant]:
+def _validate(family, model, described: Described, files, graphs: Graphs, tmp: Path, log) -> dict[str, Variant]:
     """Every variant against PyTorch on every provider that can run it; the figures go into the manifest
     and a variant below its threshold fails the export."""
     from clipedge.tokenizer import ClipTokenizer
@@ -281,13 +231,13 @@ def _validate(model, described: Described, files, graphs: Graphs, tmp: Path, log
 
     log("validating against PyTorch")
     tokenizer = ClipTokenizer(tmp / "tokenizer.json", described.tokenizer)
-    ref = _reference(model, described.preprocess, tokenizer, described.logit_scale)
+    ref = _reference(family, model, described, tokenizer)
     variants: dict[str, Variant] = {}
     for p, paths in files.items():
         providers = _validation_providers(p)
         figures: dict[str, Any] = {}
         for provider in providers:
-            img, txt = _run_onnx(paths, ref, provider, p)
+            img, txt = _run_onnx(paths, ref, provider, described.text_io, p)
             figures[provider] = val.parity(ref, img, txt)
             problem = check(p, figures[provider])
             if problem:
@@ -330,25 +280,29 @@ def _validation_providers(precision: str) -> list[str]:
     return providers
 
 
-def _reference(model, preprocess, tokenizer, logit_scale: float):
+def _reference(family, model, described: Described, tokenizer):
     import torch
     from clipedge.preprocess import preprocess_batch
 
-    from .towers import reference_image_embeds, reference_text_embeds
     from .validate import PROMPTS, Reference, validation_images
 
-    pixel_values = preprocess_batch(validation_images(), preprocess)
-    input_ids = tokenizer.encode(PROMPTS)
+    pixel_values = preprocess_batch(validation_images(), described.preprocess)
+    tokens = tokenizer.tokens(PROMPTS)
+    mask = tokens.mask()
+    given = torch.from_numpy(mask) if described.text_io.attention_mask else None
+    image, text = family.reference(model, torch.from_numpy(pixel_values), torch.from_numpy(tokens.ids), given)
     return Reference(
         pixel_values=pixel_values,
-        input_ids=input_ids,
-        image_embeds=reference_image_embeds(model, torch.from_numpy(pixel_values)).numpy(),
-        text_embeds=reference_text_embeds(model, torch.from_numpy(input_ids)).numpy(),
-        logit_scale=logit_scale,
+        input_ids=tokens.ids,
+        image_embeds=image.detach().numpy(),
+        text_embeds=text.detach().numpy(),
+        logit_scale=described.logit_scale,
+        attention_mask=mask,
+        scoring=described.scoring,
     )
 
 
-def _run_onnx(files: dict[str, Path], ref, provider: str, precision: str = "fp32"):
+def _run_onnx(files: dict[str, Path], ref, provider: str, text_io: TowerIO, precision: str = "fp32"):
     from clipedge import openvino_engine as ove
     from clipedge.options import LoadOptions
     from clipedge.providers import create_session
@@ -360,5 +314,8 @@ def _run_onnx(files: dict[str, Path], ref, provider: str, precision: str = "fp32
         vision = create_session(files["vision"], LoadOptions(provider=provider_key))
         text = create_session(files["text"], LoadOptions(provider=provider_key))
     img = vision.run(None, {VISION.input: ref.pixel_values})[0]
-    txt = text.run(None, {TEXT.input: ref.input_ids})[0]
+    feeds = {text_io.input: ref.input_ids}
+    if text_io.attention_mask:
+        feeds[text_io.attention_mask] = ref.attention_mask
+    txt = text.run(None, feeds)[0]
     return img, txt

@@ -138,8 +138,8 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     )
 
 
-def quantize_static_qdq(raw: Path, out: Path, inputs: list[np.ndarray], symmetric: bool = True) -> None:
-    """INT8_STATIC_RECIPE on one unfused tower, calibrated on `inputs` (each a batch for its one input).
+def quantize_static_qdq(raw: Path, out: Path, inputs: list[dict[str, np.ndarray]], symmetric: bool = True) -> None:
+    """INT8_STATIC_RECIPE on one unfused tower, calibrated on `inputs` (each the feeds of one run).
 
     The quantizer's calibration sessions need per-session thread pools, which ONNX Runtime refuses once a
     process-wide pool exists (clipedge.threads): then it runs in a fresh process.
@@ -159,20 +159,19 @@ def quantize_static_qdq(raw: Path, out: Path, inputs: list[np.ndarray], symmetri
     _quantize_static_qdq(raw, out, inputs, symmetric)
 
 
-def _quantize_static_qdq(raw: Path, out: Path, inputs: list[np.ndarray], symmetric: bool = True) -> None:
+def _quantize_static_qdq(raw: Path, out: Path, inputs: list[dict[str, np.ndarray]], symmetric: bool = True) -> None:
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(raw), load_external_data=False).graph
-    name = graph.input[0].name
     weights = {i.name for i in graph.initializer}
     keep_float = set(output_projections(raw))
     keep_float |= {n.name for n in graph.node if n.op_type == "MatMul" and not set(n.input) & weights}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{name: x} for x in inputs])
+            self.batches = iter(inputs)
 
         def get_next(self):
             return next(self.batches, None)

@@ -1,8 +1,12 @@
-"""Hugging Face CLIP checkpoint folders with random weights, for tests and benchmarks.
+"""Hugging Face checkpoint folders with random weights, for tests and benchmarks, saved with `save_pretrained`
+and loaded back through the same `from_pretrained` path a downloaded checkpoint takes.
 
 `vit-b-32` is the exact architecture of openai/clip-vit-base-patch32 (its released config.json fields,
 legacy `eos_token_id: 2` included) with the real CLIP BPE vocabulary; `tiny` is a small CLIP with the
-same vocabulary. Latency does not depend on weight values; accuracy does: never quote accuracy of these.
+same vocabulary. `siglip-b16` is the exact architecture of google/siglip-base-patch16-224 and `siglip-tiny` a
+small SigLIP; their SentencePiece tokenizer (which cannot be downloaded here) is trained offline on a small
+multilingual corpus and wrapped in transformers' SiglipTokenizer, so the reference side is transformers' own
+code. Latency does not depend on weight values; accuracy does: never quote accuracy of these.
 
     python -m clipedge_export.random_checkpoint OUT_DIR --arch vit-b-32
 """
@@ -90,6 +94,82 @@ TINY = {
 
 ARCHS = {"vit-b-32": VIT_B_32, "tiny": TINY}
 
+# google/siglip-base-patch16-224's config.json fields that matter for the graph
+SIGLIP_B16 = {
+    "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+                    "max_position_embeddings": 64, "vocab_size": 32000, "pad_token_id": 1, "eos_token_id": 1,
+                    "bos_token_id": None},
+    "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                      "num_hidden_layers": 12, "image_size": 224, "patch_size": 16},
+}  # fmt: skip
+SIGLIP_TINY = {
+    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                    "max_position_embeddings": 64, "vocab_size": 1000, "pad_token_id": 1, "eos_token_id": 1,
+                    "bos_token_id": None},
+    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                      "image_size": 64, "patch_size": 16},
+}  # fmt: skip
+SIGLIP_ARCHS = {"siglip-b16": SIGLIP_B16, "siglip-tiny": SIGLIP_TINY}
+
+
+def train_sentencepiece(out: Path, vocab_size: int = 1000) -> Path:
+    """A SentencePiece unigram model (SigLIP's kind: pad 0, eos 1, unk 2, no bos; nmt_nfkc) trained here on
+    a small corpus that covers the validation texts' scripts. Returns the .model file."""
+    import sentencepiece as spm
+
+    from .validate import MULTILINGUAL, PROMPTS
+
+    corpus = out / "corpus.txt"
+    words = "a photo of the cat dog bird red green blue circle square star cross diagram car tree house"
+    lines = [*MULTILINGUAL, *PROMPTS] * 20 + [" ".join(words.split()[i:] + words.split()[:i]) for i in range(18)] * 20
+    corpus.write_text("\n".join(t for t in lines if t.strip()), encoding="utf-8")
+    prefix = out / "spiece"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram", pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, normalization_rule_name="nmt_nfkc",
+        hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    corpus.unlink()
+    (out / "spiece.vocab").unlink()
+    return prefix.with_suffix(".model")
+
+
+def make_random_siglip(
+    out_dir: str | Path,
+    arch: str = "siglip-tiny",
+    seed: int = 0,
+    logit_scale: float = 117.33,
+    logit_bias: float = -12.93,
+) -> Path:
+    """Save a random-weight SiglipModel with its tokenizer (trained here) and SiglipImageProcessor's
+    preprocessor_config.json to `out_dir`. The scale and bias default to what google/siglip-base-patch16-224
+    learnt (random embeddings then give probabilities of 0 or 1: tests pass smaller ones)."""
+    import tempfile
+
+    import torch
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+    spec = SIGLIP_ARCHS[arch]
+    config = SiglipConfig(text_config=spec["text_config"], vision_config=spec["vision_config"])
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(logit_scale))
+        model.logit_bias.fill_(logit_bias)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        spm_file = train_sentencepiece(Path(tmp), vocab_size=min(1000, spec["text_config"]["vocab_size"]))
+        SiglipTokenizer(vocab_file=str(spm_file), model_max_length=64).save_pretrained(out)
+    size = spec["vision_config"]["image_size"]
+    processor = {
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5], "processor_class":
+        "SiglipProcessor", "resample": 3, "rescale_factor": 1 / 255, "size": {"height": size, "width": size},
+    }  # fmt: skip
+    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return out
+
 
 def preprocessor_config(image_size: int) -> dict:
     """The preprocessor_config.json of openai/clip-vit-base-patch32, sized for `image_size`."""
@@ -142,10 +222,13 @@ def make_random_checkpoint(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="vit-b-32")
+    parser.add_argument("--arch", choices=sorted({*ARCHS, *SIGLIP_ARCHS}), default="vit-b-32")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(make_random_checkpoint(args.out_dir, args.arch, args.seed))
+    if args.arch in SIGLIP_ARCHS:
+        print(make_random_siglip(args.out_dir, args.arch, args.seed))
+    else:
+        print(make_random_checkpoint(args.out_dir, args.arch, args.seed))
 
 
 if __name__ == "__main__":

@@ -108,23 +108,33 @@ def _read_json(path: Path, why_needed: str) -> dict:
     return data
 
 
+def model_type(ckpt: Checkpoint) -> Any:
+    """config.json's `model_type` (which family exports the checkpoint)."""
+    return _read_json(ckpt.folder / "config.json", "not a Hugging Face checkpoint folder").get("model_type")
+
+
 def load_config(ckpt: Checkpoint) -> Any:
+    """A CLIP checkpoint's CLIPConfig (other families: `clipedge_export.families`)."""
     from transformers import CLIPConfig
 
     cfg_path = ckpt.folder / "config.json"
-    raw = _read_json(cfg_path, "not a Hugging Face checkpoint folder")
-    model_type = raw.get("model_type")
-    if model_type != "clip":
-        raise ExportError(
-            f"{cfg_path}: model_type is {model_type!r}, not 'clip': only CLIP checkpoints (CLIPModel) can be exported"
-        )
+    kind = model_type(ckpt)
+    if kind != "clip":
+        raise ExportError(f"{cfg_path}: model_type is {kind!r}, not 'clip'")
     return CLIPConfig.from_pretrained(ckpt.folder)
 
 
 def load_model(ckpt: Checkpoint, config: Any) -> Any:
     """CLIPModel in float32 with eager attention (its pattern is what ONNX Runtime's optimizer fuses)."""
-    import torch
     from transformers import CLIPModel
+
+    return load_pretrained(ckpt, CLIPModel, config)
+
+
+def load_pretrained(ckpt: Checkpoint, cls: Any, config: Any) -> Any:
+    """`cls.from_pretrained` in float32 with eager attention (the pattern ONNX Runtime's optimizer fuses), safe
+    weights only; any failure is one line."""
+    import torch
 
     if not ckpt.weight_files():
         raise ExportError(f"{ckpt.folder}: no weights (model.safetensors or pytorch_model.bin)")
@@ -132,7 +142,7 @@ def load_model(ckpt: Checkpoint, config: Any) -> Any:
 
     hf_logging.disable_progress_bar()
     try:
-        model = CLIPModel.from_pretrained(
+        model = cls.from_pretrained(
             ckpt.folder,
             config=config,
             attn_implementation="eager",
@@ -147,10 +157,14 @@ def load_model(ckpt: Checkpoint, config: Any) -> Any:
 
 
 def load_preprocess(ckpt: Checkpoint, image_size: int) -> Preprocess:
-    """Exactly what CLIPImageProcessor does with this checkpoint's preprocessor_config.json."""
+    """Exactly what the checkpoint's image processor does with its preprocessor_config.json: a `size` with a
+    height and a width resizes to them, aspect ratio not kept (SiglipImageProcessor, ChineseCLIP's); a
+    shortest edge resizes that edge, then crops the centre (CLIPImageProcessor)."""
     path = ckpt.folder / "preprocessor_config.json"
-    cfg = _read_json(path, "needed to preprocess exactly like CLIP")
+    cfg = _read_json(path, "needed to preprocess exactly like the checkpoint's own processor")
     size = cfg.get("size", image_size)
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return _squash(cfg, path, (int(size["height"]), int(size["width"])))
     shortest = size.get("shortest_edge") if isinstance(size, dict) else size
     crop = cfg.get("crop_size", size)
     if isinstance(crop, dict):
@@ -174,6 +188,25 @@ def load_preprocess(ckpt: Checkpoint, image_size: int) -> Preprocess:
         rescale_factor=float(cfg.get("rescale_factor", 1 / 255)) if do_rescale else 1.0,
         mean=tuple(float(x) for x in mean),
         std=tuple(float(x) for x in std),
+    )
+
+
+def _squash(cfg: dict, path: Path, hw: tuple[int, int]) -> Preprocess:
+    if not cfg.get("do_resize", True):
+        raise ExportError(f"{path}: do_resize false is not supported")
+    resample = int(cfg.get("resample", 3))
+    if resample not in RESAMPLE_NAMES:
+        raise ExportError(f"{path}: unknown resample {resample}")
+    normalize = cfg.get("do_normalize", True)
+    return Preprocess(
+        resize_shortest_edge=min(hw),
+        resample=RESAMPLE_NAMES[resample],
+        crop_size=hw,
+        do_center_crop=False,
+        rescale_factor=float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0,
+        mean=tuple(float(x) for x in cfg.get("image_mean", [0.5] * 3)) if normalize else (0.0, 0.0, 0.0),
+        std=tuple(float(x) for x in cfg.get("image_std", [0.5] * 3)) if normalize else (1.0, 1.0, 1.0),
+        resize_mode="squash",
     )
 
 

@@ -67,6 +67,11 @@ class TowerSpec:
     input: str
     output: str
     dynamic_axes: dict[str, dict[int, str]]
+    extra_inputs: tuple[str, ...] = ()  # after `input`, e.g. a text tower's attention_mask
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input, *self.extra_inputs]
 
 
 VISION = TowerSpec(
@@ -80,6 +85,17 @@ TEXT = TowerSpec(
     "input_ids",
     "text_embeds",
     {"input_ids": {0: "batch", 1: "sequence"}, "text_embeds": {0: "batch"}},
+)
+TEXT_MASKED = TowerSpec(  # BERT's and XLM-R's text towers take the attention mask
+    "text",
+    "input_ids",
+    "text_embeds",
+    {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "text_embeds": {0: "batch"},
+    },
+    ("attention_mask",),
 )
 
 
@@ -95,7 +111,9 @@ def reference_text_embeds(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
         return model.text_projection(model.text_model(input_ids=input_ids).pooler_output)
 
 
-def export_tower(module: nn.Module, spec: TowerSpec, example: torch.Tensor, path: Path, opset: int) -> None:
+def export_tower(
+    module: nn.Module, spec: TowerSpec, example: torch.Tensor | tuple[torch.Tensor, ...], path: Path, opset: int
+) -> None:
     """torch.onnx.export (TorchScript exporter: its graphs are the ones ONNX Runtime's fusions match)."""
     import warnings
 
@@ -103,9 +121,9 @@ def export_tower(module: nn.Module, spec: TowerSpec, example: torch.Tensor, path
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module.eval(),
-            (example,),
+            example if isinstance(example, tuple) else (example,),
             str(path),
-            input_names=[spec.input],
+            input_names=spec.inputs,
             output_names=[spec.output],
             dynamic_axes=spec.dynamic_axes,
             opset_version=opset,

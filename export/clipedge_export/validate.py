@@ -1,18 +1,19 @@
 """Parity of every ONNX variant with PyTorch on the same deterministic images and prompts.
 
-The reference is transformers' own CLIPModel path (get_image_features / get_text_features, with its own
-EOS pooling rule). Figures per variant: min and mean embedding cosine, max abs difference of embeddings,
-and of zero-shot probabilities (each image against all prompts, the manifest's logit_scale), top-1
-agreement, and whether any output was NaN/inf. The export fails below the thresholds.
+The reference is transformers' own path for the family (get_image_features / get_text_features, with its own
+pooling rule). Figures per variant: min and mean embedding cosine, max abs difference of embeddings, and of
+zero-shot probabilities (each image against all prompts, the family's scoring), top-1 agreement, and whether
+any output was NaN/inf. The export fails below the thresholds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from clipedge.scoring import zero_shot_probs
+from clipedge.bundle import Scoring
+from clipedge.scoring import probabilities
 from PIL import Image, ImageDraw
 
 # Minimum embedding cosine (both towers) per precision. fp32 must be numerically the same model.
@@ -20,6 +21,23 @@ from PIL import Image, ImageDraw
 # 0.98 catches broken recipes (a quantised patch Conv with uint8 weights falls far lower) without failing on
 # a checkpoint with larger activation outliers. fp16 keeps ~3 decimal digits: 0.999.
 THRESHOLDS = {"fp32": 0.99999, "int8": 0.98, "fp16": 0.999, "int8-static": 0.98, "fp32-unfused": 0.99999}
+
+# Text in many scripts and shapes: the token ids of each family's tokenizer.json are checked against its
+# reference tokenizer on these at export (and in the tests), before any embedding is compared.
+MULTILINGUAL = [
+    "一张猫的照片",
+    "猫の写真です。犬もいます",
+    "صورة قطة جميلة في الحديقة",
+    "बिल्ली की एक तस्वीर",
+    "une photo très jolie d'un chat, naïve café à Orléans",
+    "ΣΟΦΙΑ και σοφία στην ΟΔΟΣ",
+    "İstanbul'da bir kedi; straße; Ǆ ǅ ǆ; ﬁ ligature; ①②③",
+    "🎨 emoji 😀 art 👩‍👩‍👧",
+    "\u00a0non-breaking\u2003spaces\tand\nnewlines ",
+    "",
+    " ".join(["a very long caption in many words that will certainly be cut"] * 20),
+    "A Photo, of a CAT!!! (with punctuation: #1 & 'quotes') ...",
+]
 
 PROMPTS = [
     "a photo of a cat",
@@ -81,8 +99,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _probs(img: np.ndarray, txt: np.ndarray, logit_scale: float) -> np.ndarray:
-    return zero_shot_probs(_unit(img), _unit(txt), logit_scale)  # the runtime's own formula
+def _probs(img: np.ndarray, txt: np.ndarray, logit_scale: float, scoring: Scoring) -> np.ndarray:
+    return probabilities(_unit(img), _unit(txt), logit_scale, scoring.kind, scoring.logit_bias)  # the runtime's
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,8 @@ class Reference:
     image_embeds: np.ndarray
     text_embeds: np.ndarray
     logit_scale: float
+    attention_mask: np.ndarray | None = None
+    scoring: Scoring = field(default_factory=Scoring)
 
 
 def parity(ref: Reference, image_embeds: np.ndarray, text_embeds: np.ndarray) -> dict[str, Any]:
@@ -104,8 +124,8 @@ def parity(ref: Reference, image_embeds: np.ndarray, text_embeds: np.ndarray) ->
         out[f"{name}_cos_mean"] = round(float(np.mean(cos)), 7)
         out[f"{name}_max_abs_diff"] = float(np.max(np.abs(a - b))) if finite else float("nan")
     if finite:
-        p = _probs(image_embeds, text_embeds, ref.logit_scale)
-        q = _probs(ref.image_embeds, ref.text_embeds, ref.logit_scale)
+        p = _probs(image_embeds, text_embeds, ref.logit_scale, ref.scoring)
+        q = _probs(ref.image_embeds, ref.text_embeds, ref.logit_scale, ref.scoring)
         out["probs_max_abs_diff"] = float(np.max(np.abs(p - q)))
         out["top1_agreement"] = float(np.mean(p.argmax(1) == q.argmax(1)))
     out["n_images"], out["n_texts"] = len(ref.image_embeds), len(ref.text_embeds)

@@ -35,7 +35,7 @@ from .labels import (
 )
 from .options import LoadOptions, ProviderSpec
 from .preprocess import prepare_pixels
-from .scoring import multi_label_scores, zero_shot_probs
+from .scoring import multi_label_scores, probabilities
 from .templates import fill
 from .tokenizer import ClipTokenizer
 
@@ -172,7 +172,7 @@ class ZeroShotClassifier:
             NoTextTowerError: an edge pack (no text tower).
         """
         texts = check_labels(texts, what="text", unique=False)
-        return embed_label_texts(texts, ["{}"], self._tokenizer("text embeddings").encode, self.encoder.embed_token_ids)
+        return embed_label_texts(texts, ["{}"], self._tokenizer("text embeddings").tokens, self.encoder.embed_tokens)
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,), templates: str | Sequence[str] | None = None) -> None:
         """Run each tower once (the vision tower at each batch size), so that the first request pays no
@@ -206,7 +206,7 @@ class ZeroShotClassifier:
         missing = [label for label, emb in found.items() if emb is None]
         if missing:
             tokenizer = self._tokenizer("new labels")
-            emb = embed_label_texts(missing, templates_, tokenizer.encode, self.encoder.embed_token_ids)
+            emb = embed_label_texts(missing, templates_, tokenizer.tokens, self.encoder.embed_tokens)
             for label, row in zip(missing, emb, strict=True):
                 found[label] = row
                 self.cache.put((*key, label), row)
@@ -302,8 +302,12 @@ class ZeroShotClassifier:
 
     # -- stage 3: score, stage 4: format --------------------------------------------------------------
     def score(self, image_embeddings: np.ndarray, labels: LabelEmbeddings) -> np.ndarray:
-        """Probabilities float32 [N, L]: softmax over labels of logit_scale x cosine (embeddings are unit)."""
-        return zero_shot_probs(image_embeddings, labels.embeddings, self.bundle.manifest.logit_scale).astype(np.float32)
+        """Probabilities float32 [N, L], as the family scores (the manifest's `scoring`): CLIP's softmax over
+        the labels of logit_scale x cosine (they sum to 1), or SigLIP's sigmoid of logit_scale x cosine +
+        logit_bias for each label on its own."""
+        m = self.bundle.manifest
+        probs = probabilities(image_embeddings, labels.embeddings, m.logit_scale, m.scoring.kind, m.scoring.logit_bias)
+        return probs.astype(np.float32)
 
     def score_multi(self, image_embeddings: np.ndarray, labels: LabelEmbeddings) -> np.ndarray:
         """Multi-label scores float32 [N, L], each label on its own: sigmoid(logit_scale x (cosine - the

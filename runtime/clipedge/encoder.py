@@ -16,6 +16,7 @@ from .bundle import Bundle
 from .options import LoadOptions
 from .scoring import l2_normalise
 from .selection import open_vision
+from .tokenizer import Tokens
 
 
 class ClipEncoder:
@@ -65,21 +66,25 @@ class ClipEncoder:
         ]
         return l2_normalise(np.concatenate(outs))
 
-    def embed_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
-        """input_ids int64 [N,L] -> unit text embeddings float32 [N,D]."""
+    def embed_tokens(self, tokens: Tokens) -> np.ndarray:
+        """A padded batch of token ids (with each text's length) -> unit text embeddings float32 [N,D]. The
+        attention mask goes in where the tower takes one."""
         session = self._text_session()
-        assert self._text_io is not None
-        name = self._text_io.input
-        input_ids = input_ids.astype(np.int64, copy=False)
+        io = self._text_io
+        assert io is not None
+
+        def feeds(batch: Tokens) -> dict[str, np.ndarray]:
+            out = {io.input: batch.ids.astype(np.int64, copy=False)}
+            if io.attention_mask:
+                out[io.attention_mask] = batch.mask()
+            return out
+
         if not self._text_per_item:
-            return l2_normalise(session.run(None, {name: input_ids})[0])
-        eos = self.bundle.manifest.tokenizer.eos_id
-        outs = []
-        for row in input_ids:  # each text alone, cut after its first end-of-text (padding would change the scale)
-            ends = np.flatnonzero(row == eos)
-            length = int(ends[0]) + 1 if len(ends) else len(row)
-            outs.append(session.run(None, {name: row[None, :length]})[0])
-        return l2_normalise(np.concatenate(outs))
+            return l2_normalise(session.run(None, feeds(tokens))[0])
+        # dynamic int8: each text alone, cut to its own length (padding would change the activation scale),
+        # unless the family's padding belongs to the input (SigLIP's fixed 64)
+        rows = [tokens.take(np.array([i])) for i in range(len(tokens.ids))]
+        return l2_normalise(np.concatenate([session.run(None, feeds(row))[0] for row in rows]))
 
 
 def batch_dependent(bundle: Bundle, precision: str) -> bool:

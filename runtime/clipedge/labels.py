@@ -24,6 +24,7 @@ import numpy as np
 
 from .scoring import l2_normalise
 from .templates import fill, is_utf8
+from .tokenizer import Tokens
 
 FILE_FORMAT = 1
 log = logging.getLogger("clipedge")
@@ -79,8 +80,8 @@ def check_labels(labels: Sequence[object], what: str = "label", unique: bool = T
             raise LabelError(f"{what} {i} is empty or not a string")
         if not is_utf8(label):
             raise LabelError(f"{what} {i} is not valid Unicode text (a lone surrogate?)")
-        if any(unicodedata.category(c) == "Cc" for c in label):
-            raise LabelError(f"{what} {i} holds a control character (NUL, a line break, ...)")
+        if any(unicodedata.category(c) == "Cc" and not c.isspace() for c in label):
+            raise LabelError(f"{what} {i} holds a control character (NUL, escape, ...)")
         if all(c.isspace() or unicodedata.category(c) == "Cf" for c in label):
             raise LabelError(f"{what} {i} has nothing visible (only spaces and zero-width characters)")
         key = " ".join(label.split())
@@ -266,21 +267,19 @@ class LabelCache:
 def embed_label_texts(
     labels: Sequence[str],
     templates: Sequence[str],
-    encode: Callable[[list[str]], np.ndarray],
-    embed_ids: Callable[[np.ndarray], np.ndarray],
+    tokenize: Callable[[list[str]], Tokens],
+    embed_tokens: Callable[[Tokens], np.ndarray],
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Template-ensembled unit embeddings [len(labels), D]: every label x template text embedded once."""
+    """Template-ensembled unit embeddings [len(labels), D]: every label x template text embedded once, in
+    batches of similar length (each cut to its longest text, unless the family's padding is fixed)."""
     texts = [fill(t, label) for label in labels for t in templates]
-    ids = encode(texts)
-    lengths = (ids != ids[:, -1:]).sum(axis=1) if len(ids) else np.zeros(0, dtype=int)
-    order = np.argsort(lengths, kind="stable")
+    tokens = tokenize(texts)
+    order = np.argsort(tokens.lengths, kind="stable")
     out: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = ids[rows]
-        longest = int(lengths[rows].max()) + 1  # keep one EOS after the longest text
-        emb = embed_ids(np.ascontiguousarray(batch[:, : min(longest, batch.shape[1])]))
+        emb = embed_tokens(tokens.take(rows))
         if out is None:
             out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
         out[rows] = emb

@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 2  # 2: the int8-static and fp32-unfused precisions, the calibration record
-READABLE_VERSIONS = (1, 2)
+# 2: the int8-static and fp32-unfused precisions, the calibration record; 3: the family description (scoring,
+# resize mode, text padding and attention mask): older bundles read as CLIP's
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+FAMILIES = ("clip", "siglip", "chinese-clip", "altclip", "metaclip-2")
+SCORING_KINDS = ("softmax", "sigmoid")
+RESIZE_MODES = ("shortest_edge", "squash")
+PADDINGS = ("longest", "max_length")
 MANIFEST = "manifest.json"
 # fp32, int8 (dynamic) and fp16 are ONNX Runtime's fused graphs (contrib ops); int8-static (QDQ) and
 # fp32-unfused use standard ONNX operators only, for any engine (OpenVINO, TensorRT's int8)
@@ -60,31 +66,52 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What CLIPImageProcessor does with this checkpoint's preprocessor_config.json."""
+    """What the checkpoint's image processor does with its preprocessor_config.json: CLIP's resizes the shortest
+    edge then crops the centre; SigLIP's and Chinese-CLIP's resize to the crop size ("squash": the aspect
+    ratio is not kept) and crop nothing."""
 
     resize_shortest_edge: int
     resample: str  # "bicubic" | "bilinear" | "nearest" | "lanczos" | "box" | "hamming"
-    crop_size: tuple[int, int]  # (height, width)
+    crop_size: tuple[int, int]  # (height, width): the tower's input size
     do_center_crop: bool
     rescale_factor: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize_mode: str = "shortest_edge"  # one of RESIZE_MODES
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
+    """The text side: tokenizer.json (its normalizer does what the family's tokenizer does to text first, e.g.
+    SigLIP's lower-casing and punctuation removal), how a batch is padded, and whether the text tower takes an
+    attention mask. `bos_id` is -1 where the tokenizer adds no start token (SigLIP)."""
+
     file: str
     sha256: str
     context_length: int
     bos_id: int
     eos_id: int
     pad_id: int
+    padding: str = "longest"  # "longest" (CLIP: the batch's longest text) or "max_length" (always context_length)
+    attention_mask: bool = False  # the text tower takes `attention_mask` (BERT, XLM-R); else padding is inert
+    pooling: str = "first_eos"  # where the text tower pools (inside the graph): first_eos | last | cls
+    normalization: str = ""  # what tokenizer.json does to text before tokenising, in words (for readers)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How label probabilities come from cosine similarities: "softmax" over the labels of logit_scale x cosine
+    (CLIP), or "sigmoid" of logit_scale x cosine + logit_bias for each label on its own (SigLIP)."""
+
+    kind: str = "softmax"  # one of SCORING_KINDS
+    logit_bias: float = 0.0
 
 
 @dataclass(frozen=True)
 class TowerIO:
     input: str
     output: str
+    attention_mask: str | None = None  # the text tower's mask input, when it takes one
 
 
 @dataclass(frozen=True)
@@ -115,6 +142,8 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     created: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)  # the static int8 variant's calibration set
+    family: str = "clip"  # one of FAMILIES (what made it; the runtime reads only the fields below)
+    scoring: Scoring = field(default_factory=Scoring)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,6 +159,16 @@ class Manifest:
         for name in manifest.precisions:
             if name not in PRECISIONS:
                 raise BundleError(f"manifest.json: unknown precision {name!r} (known: {', '.join(PRECISIONS)})")
+        for where, value, known in (
+            ("scoring.kind", manifest.scoring.kind, SCORING_KINDS),
+            ("preprocess.resize_mode", manifest.preprocess.resize_mode, RESIZE_MODES),
+            ("tokenizer.padding", manifest.tokenizer.padding, PADDINGS),
+        ):
+            if value not in known:
+                raise BundleError(
+                    f"manifest.json: {where} {value!r} is not one this clipedge knows ({', '.join(known)}; upgrade "
+                    "clipedge)"
+                )
         return manifest
 
 

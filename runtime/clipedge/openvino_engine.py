@@ -49,9 +49,8 @@ class OpenVinoTower:
         self._lock = threading.Lock()
 
     def run(self, output_names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        (value,) = feeds.values()
-        with self._lock:
-            result = self._request.infer([value])
+        with self._lock:  # by input name: a text tower may take an attention mask too
+            result = self._request.infer(feeds if len(feeds) > 1 else list(feeds.values()))
             return [np.array(result[0], dtype=np.float32, copy=True)]
 
     @staticmethod

@@ -1,9 +1,12 @@
-"""CLIP image preprocessing as pure functions: PIL only resizes, numpy does the rest.
+"""Image preprocessing as pure functions: PIL only resizes, numpy does the rest.
 
-Matches transformers' CLIPImageProcessor (PIL backend): resize the shortest edge with the manifest's
-resample filter on the uint8 RGB image (output size int(size * long / short), as
-`get_resize_output_image_size`), center crop with top = (h - crop_h) // 2 (zero padding when the image is
-smaller), rescale, normalise with mean/std, channels first.
+Matches transformers' image processors (PIL backend), as the manifest describes them:
+- "shortest_edge" (CLIPImageProcessor): resize the shortest edge with the manifest's resample filter on the
+  uint8 RGB image (output size int(size * long / short), as `get_resize_output_image_size`), center crop with
+  top = (h - crop_h) // 2 (zero padding when the image is smaller);
+- "squash" (SiglipImageProcessor, ChineseCLIPImageProcessor): resize to the tower's size, the aspect ratio
+  not kept, no crop;
+then rescale, normalise with mean/std, channels first.
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ def preprocess(image: Image.Image, spec: Preprocess) -> np.ndarray:
     """One RGB PIL image -> pixel_values float32 [3, crop_h, crop_w]."""
     if image.mode != "RGB":
         raise ValueError(f"preprocess expects an RGB image, got mode {image.mode!r} (decode it with clipedge.images)")
+    if spec.resize_mode == "squash":  # SigLIP's, Chinese-CLIP's: to the tower's size, no crop
+        h, w = spec.crop_size
+        resized = image if image.size == (w, h) else image.resize((w, h), RESAMPLE[spec.resample])
+        return normalise(np.asarray(resized), spec)
     resized = resize_shortest_edge(image, spec)
     array = np.asarray(resized)
     if spec.do_center_crop:

@@ -1,5 +1,6 @@
 """Scoring formulas, in one place for the runtime, the export's validation, labels and the classifier: unit
-vectors, CLIP's zero-shot softmax and calibrated multi-label scores. Pure numpy, nothing else.
+vectors, the families' zero-shot probabilities (CLIP's softmax over the labels, SigLIP's sigmoid per label,
+as the manifest's `scoring` says) and calibrated multi-label scores. Pure numpy, nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +26,25 @@ def zero_shot_probs(image_embeddings: np.ndarray, label_embeddings: np.ndarray, 
     """CLIP's zero-shot probabilities for unit embeddings: softmax over labels of logit_scale x cosine,
     float64 [N, L]."""
     return softmax(logit_scale * (image_embeddings @ label_embeddings.T).astype(np.float64))
+
+
+def sigmoid_probs(
+    image_embeddings: np.ndarray, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float
+) -> np.ndarray:
+    """SigLIP's zero-shot probabilities for unit embeddings: sigmoid(logit_scale x cosine + logit_bias) for each
+    label on its own (what transformers' zero-shot pipeline returns for SigLIP), float64 [N, L]."""
+    z = logit_scale * (image_embeddings @ label_embeddings.T).astype(np.float64) + logit_bias
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def probabilities(
+    image_embeddings: np.ndarray, label_embeddings: np.ndarray, logit_scale: float, kind: str, logit_bias: float = 0.0
+) -> np.ndarray:
+    """The family's zero-shot probabilities, float64 [N, L]: `kind` "softmax" (over the labels: they sum to 1)
+    or "sigmoid" (each label on its own)."""
+    if kind == "sigmoid":
+        return sigmoid_probs(image_embeddings, label_embeddings, logit_scale, logit_bias)
+    return zero_shot_probs(image_embeddings, label_embeddings, logit_scale)
 
 
 def multi_label_scores(
