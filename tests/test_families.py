@@ -52,7 +52,9 @@ def test_the_manifest_describes_the_family(siglip_bundle):
     tok = m["tokenizer"]
     assert tok["padding"] == "max_length" and tok["context_length"] == 64 and tok["attention_mask"] is True
     assert tok["bos_id"] == -1 and tok["pooling"] == "last" and "punctuation removed" in tok["normalization"]
-    assert m["towers"]["text"]["attention_mask"] == "attention_mask"
+    assert m["towers"]["text"]["attention_mask"] == "token_mask"
+    assert m["precisions"]["fp32"]["fusions"]["applied"]["vision"]["Attention"] == 2  # both layers fused
+    assert m["precisions"]["fp32"]["fusions"]["applied"]["text"]["Attention"] == 2
     for p in ("fp32", "int8", "fp16", "int8-static"):
         assert m["precisions"][p]["parity"]["CPUExecutionProvider"]["finite"]
 

@@ -179,8 +179,11 @@ def _export_graphs(family, model, config, described: Described, work: Path, opse
     h = described.architecture.image_size
     vision, text = family.towers(model, described)
     export_tower(vision, VISION, torch.zeros(2, 3, h, h), raw["vision"], opset)
-    text_spec = TEXT_MASKED if described.text_io.attention_mask else TEXT
+    mask = described.text_io.attention_mask
+    text_spec = dataclasses.replace(TEXT_MASKED, extra_inputs=(mask,), dynamic_axes=masked_axes(mask)) if mask else TEXT
     export_tower(text, text_spec, family.text_example(described), raw["text"], opset)
+    if hasattr(family, "finish_graphs"):
+        family.finish_graphs(raw, described)
 
     log("optimising graphs (attention, SkipLayerNorm, Gelu fusion)")
     fused = {"vision": work / "vision.fp32.onnx", "text": work / "text.fp32.onnx"}
@@ -190,6 +193,10 @@ def _export_graphs(family, model, config, described: Described, work: Path, opse
     for t in ("vision", "text"):
         prec.split_skip_layernorm(fused[t], split[t])
     return Graphs(raw, fused, split, fusions)
+
+
+def masked_axes(mask: str) -> dict[str, dict[int, str]]:
+    return {"input_ids": {0: "batch", 1: "sequence"}, mask: {0: "batch", 1: "sequence"}, "text_embeds": {0: "batch"}}
 
 
 def _calibration_inputs(images, described: Described, tmp: Path) -> dict[str, list]:

@@ -50,7 +50,11 @@ INT8_RECIPE: dict[str, Any] = {
     "per_channel": False,
     "reduce_range": False,
     "op_types": ["MatMul", "Attention", "Gather"],
-    "kept_float": ["Conv (patch embedding)", "final projection MatMul"],
+    "kept_float": [
+        "Conv (patch embedding)",
+        "final projection MatMul",
+        "Attention with an attention bias (a text tower's mask: QAttention has no such input)",
+    ],
 }
 INT8_STATIC_RECIPE: dict[str, Any] = {
     "method": "onnxruntime.quantization.quantize_static, QDQ format",
@@ -132,7 +136,7 @@ def quantize_int8(fp32: Path, out: Path) -> None:
         per_channel=INT8_RECIPE["per_channel"],
         reduce_range=INT8_RECIPE["reduce_range"],
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=output_projections(fp32),
+        nodes_to_exclude=output_projections(fp32) + biased_attention(fp32),
         # shape inference cannot type the fused com.microsoft ops: tell the quantizer they are float
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
@@ -189,6 +193,13 @@ def _quantize_static_qdq(raw: Path, out: Path, inputs: list[dict[str, np.ndarray
         nodes_to_exclude=sorted(keep_float),
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
+
+
+def biased_attention(path: Path) -> list[str]:
+    """Names of the fused Attention nodes that take an attention bias (input 5): QAttention has no such input,
+    so quantising them would drop it (a text tower's mask)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "Attention" and len(n.input) > 5 and n.input[5]]
 
 
 def output_projections(path: Path) -> list[str]:

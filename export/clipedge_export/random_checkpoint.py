@@ -92,7 +92,10 @@ TINY = {
     "vision_config": vision_config(32, 64, heads=4, layers=2, image_size=64, patch_size=16),
 }
 
-ARCHS = {"vit-b-32": VIT_B_32, "tiny": TINY}
+# openai/clip-vit-base-patch16: ViT-B/32 with 16-pixel patches (196 of them, not 49)
+VIT_B_16 = {**VIT_B_32, "vision_config": {**VIT_B_32["vision_config"], "patch_size": 16}}
+
+ARCHS = {"vit-b-32": VIT_B_32, "vit-b-16": VIT_B_16, "tiny": TINY}
 
 # google/siglip-base-patch16-224's config.json fields that matter for the graph
 SIGLIP_B16 = {

@@ -5,7 +5,15 @@ removed, spaces collapsed) carried in tokenizer.json.
 
 The attention mask: transformers' zero-shot pipeline passes what the tokenizer returns, and SigLIP's text model
 masks padding when it gets a mask (transformers 5's SiglipTokenizer returns one; 4.x's did not). The text tower
-takes it exactly when the reference tokenizer returns it, so that the bundle scores as the pipeline does."""
+takes it (as `token_mask`) exactly when the reference tokenizer returns it, so that the bundle scores as the
+pipeline does.
+
+Fusion: ONNX Runtime's optimizer fuses no attention in transformers' SigLIP graphs: in the image tower, the
+attention-pooling head's `nn.MultiheadAttention` exports to reshapes that symbolic shape inference cannot
+follow, and without shapes nothing fuses; in the text tower, the mask's subgraph is not a pattern its CLIP
+fusion knows. So the image tower's head is written out with plain matmuls (the same arithmetic, checked
+against transformers at every export), and the text tower builds its additive mask as a [N, 1, L, L] tensor
+named `attention_mask`, the name the fusion takes as the attention bias (`name_attention_bias`)."""
 
 from __future__ import annotations
 
@@ -143,40 +151,92 @@ def describe(ckpt: src.Checkpoint, config: Any, model: Any, tmp: Path) -> Descri
     )
     scale = float(model.logit_scale.detach().exp().item())
     scoring = Scoring("sigmoid", float(model.logit_bias.detach().item()))
-    text_io = TowerIO(TEXT.input, TEXT.output, "attention_mask" if masked else None)
+    text_io = TowerIO(TEXT.input, TEXT.output, MASK_INPUT if masked else None)
     return Described(NAME, preprocess, spec, arch, scale, scoring, text_io)
 
 
+MASK_INPUT = "token_mask"  # the text tower's mask input (the name `attention_mask` is the fused attention bias's)
+
+
 def towers(model: Any, described: Described) -> tuple[Any, Any]:
+    import math
+
+    import torch
     from torch import nn
 
     class Vision(nn.Module):
-        """pixel_values -> the attention-pooled, unnormalised image embeddings (SiglipVisionModel's pooler)."""
+        """pixel_values -> the attention-pooled, unnormalised image embeddings (SiglipVisionModel's pooler), the
+        pooling head's multi-head attention written out (module docstring)."""
 
         def __init__(self) -> None:
             super().__init__()
             self.vision_model = model.vision_model
+            mha = model.vision_model.head.attention
+            heads, width = mha.num_heads, mha.embed_dim
+            with torch.no_grad():  # the probe's query is a constant: computed once here, not in the graph
+                wq, bq = mha.in_proj_weight.chunk(3)[0], mha.in_proj_bias.chunk(3)[0]
+                query = (model.vision_model.head.probe @ wq.T + bq).reshape(1, 1, heads, width // heads)
+            self.register_buffer("query", query.transpose(1, 2).contiguous())
 
         def forward(self, pixel_values):
-            return self.vision_model(pixel_values=pixel_values).pooler_output
+            vm = self.vision_model
+            hidden = vm.post_layernorm(vm.encoder(inputs_embeds=vm.embeddings(pixel_values)).last_hidden_state)
+            head = vm.head
+            mha = head.attention
+            n, width, heads = hidden.shape[0], hidden.shape[-1], mha.num_heads
+            dim = width // heads
+            _, wk, wv = mha.in_proj_weight.chunk(3)
+            _, bk, bv = mha.in_proj_bias.chunk(3)
+            q = self.query
+            k = (hidden @ wk.T + bk).reshape(n, -1, heads, dim).transpose(1, 2)
+            v = (hidden @ wv.T + bv).reshape(n, -1, heads, dim).transpose(1, 2)
+            attention = torch.softmax((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dim)), dim=-1)
+            pooled = mha.out_proj((attention @ v).transpose(1, 2).reshape(n, 1, width))
+            return (pooled + head.mlp(head.layernorm(pooled)))[:, 0]
 
     class Text(nn.Module):
-        """input_ids [N, 64] -> the last position's state through the head (SiglipTextModel's pooler)."""
+        """input_ids [N, 64] (and the token mask) -> the last position's state through the head
+        (SiglipTextModel's pooler); padding masked as the pipeline's call masks it."""
 
         def __init__(self) -> None:
             super().__init__()
             self.text_model = model.text_model
 
-        def forward(self, input_ids):
-            return self.text_model(input_ids=input_ids).pooler_output
+        def forward(self, input_ids, token_mask=None):
+            tm = self.text_model
+            hidden = tm.embeddings(input_ids=input_ids)
+            bias = None
+            if token_mask is not None:
+                n, length = input_ids.shape
+                zero = torch.zeros((), dtype=hidden.dtype)
+                low = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype)
+                bias = torch.where(token_mask[:, None, None, :] > 0, zero, low).expand(n, 1, length, length)
+            out = tm.encoder(inputs_embeds=hidden, attention_mask=bias)
+            return tm.head(tm.final_layer_norm(out.last_hidden_state)[:, -1, :])
 
-    class MaskedText(Text):
-        """input_ids, attention_mask [N, 64] -> as Text, padding masked as the pipeline's call masks it."""
+    return Vision(), Text()
 
-        def forward(self, input_ids, attention_mask):
-            return self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
-    return Vision(), MaskedText() if described.text_io.attention_mask else Text()
+def name_attention_bias(path: Path) -> None:
+    """Name the text tower's additive mask `attention_mask`: ONNX Runtime's CLIP attention fusion takes a tensor
+    of that name, added after Q x K', as the fused Attention's bias (module docstring)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    expanded = {n.output[0] for n in graph.graph.node if n.op_type == "Expand"}
+    biases = {i for n in graph.graph.node if n.op_type == "Add" for i in n.input if i in expanded}
+    if len(biases) != 1:
+        return  # not the graph this module exports: leave it unfused rather than wrong
+    (bias,) = biases
+    for node in graph.graph.node:
+        node.input[:] = ["attention_mask" if i == bias else i for i in node.input]
+        node.output[:] = ["attention_mask" if o == bias else o for o in node.output]
+    onnx.save(graph, str(path))
+
+
+def finish_graphs(raw: dict[str, Path], described: Described) -> None:
+    if described.text_io.attention_mask:
+        name_attention_bias(raw["text"])
 
 
 def text_example(described: Described) -> tuple[Any, ...]:
